@@ -1,0 +1,203 @@
+"""The public entry points: :func:`autotune` and :func:`autotuner_fn`."""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import dataclasses
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import _helion_compat as compat
+from .adapter import remote_mode, resolve_algorithm, search_factory
+from .argcodec import upload_args
+from .backends import create_executor, resolve_backend_name
+from .codegen import kernel_source
+from .protocol import RemoteBenchmarkExecutor
+from .provider import RemoteContext, bind_provider
+from .stats import RunStats
+
+from helion.autotuner.base_cache import AutotuneCacheBase, CacheKeyBase
+
+
+@dataclasses.dataclass
+class AutotuneResult:
+    """What a remote autotune found, and what it cost."""
+
+    config: Any
+    best_ms: float
+    decorator: str
+    stats: dict[str, object]
+    backend: str
+    algorithm: str
+    kernel_name: str
+
+    def __str__(self) -> str:
+        return f"{self.kernel_name}: {self.best_ms:.4f} ms on {self.backend}\n{self.decorator}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _RemoteCacheKey(CacheKeyBase):
+    kernel_name: str
+    args_digest: str
+    target_fingerprint: str | None
+
+
+class RemoteAutotuneCache(AutotuneCacheBase):
+    """Helion's cache layer with remote benchmarking switched on.
+
+    Running Helion's own best-of-K trial loop (``autotune_best_of_k``) inside
+    :func:`remote_mode` means every trial and the rebench round measure
+    remotely.  It reads nothing (``get`` is a miss): a result store keyed by
+    target lives outside Helion's per-host cache.
+    """
+
+    def __init__(self, autotuner: Any, *, autotuner_factory: Any = None, context: RemoteContext) -> None:
+        super().__init__(autotuner, autotuner_factory=autotuner_factory)
+        self.context = context
+        self.provider_cls = bind_provider(context)
+        autotuner._benchmark_provider_cls = self.provider_cls
+        self.selected: Any = None
+
+    def autotune(self, *, skip_cache: bool = False) -> Any:
+        with remote_mode(self.provider_cls):
+            return super().autotune(skip_cache=True)
+
+    def get(self) -> Any:
+        return None
+
+    def put(self, config: Any) -> None:
+        self.selected = config
+
+    def _get_cache_key(self) -> CacheKeyBase:
+        return _RemoteCacheKey(self.kernel.kernel.name, self.context.args_digest, self.context.target_fingerprint)
+
+    def _list_cache_entries(self) -> Sequence[tuple[str, CacheKeyBase]]:
+        return []
+
+
+_shared_executors: dict[str, RemoteBenchmarkExecutor] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_executor(name: str | None = None) -> RemoteBenchmarkExecutor:
+    """One executor per backend name per process, reused across runs, closed at exit."""
+    resolved = resolve_backend_name(name)
+    with _shared_lock:
+        executor = _shared_executors.get(resolved)
+        if executor is None:
+            executor = create_executor(resolved)
+            _shared_executors[resolved] = executor
+        return executor
+
+
+@atexit.register
+def _close_shared_executors() -> None:
+    for executor in list(_shared_executors.values()):
+        try:
+            executor.close()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+    _shared_executors.clear()
+
+
+def _make_context(executor: RemoteBenchmarkExecutor, args: Sequence[object], stats: RunStats, **kw: Any) -> RemoteContext:
+    upload = upload_args(executor.blob_store, args)
+    stats.blob_bytes_uploaded += upload.bytes_uploaded
+    stats.blob_puts += upload.puts
+    stats.blob_puts_skipped += upload.puts_skipped
+    return RemoteContext(executor=executor, args_digest=upload.digest, stats=stats, **kw)
+
+
+def autotuner_fn(bound_kernel: Any, args: Sequence[object], **kwargs: object) -> RemoteAutotuneCache:
+    """Drop-in ``autotuner_fn``: ``@helion.kernel(autotuner_fn=helion_remote.autotuner_fn)``.
+
+    ``HELION_REMOTE_BACKEND`` picks the backend and ``HELION_AUTOTUNER`` the
+    algorithm, so an existing script switches to remote tuning unchanged.
+    """
+    algorithm = resolve_algorithm(None)
+    executor = shared_executor(None)
+    context = _make_context(executor, args, RunStats())
+    factory = search_factory(bound_kernel, args, algorithm, **kwargs)
+    return RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
+
+
+def _private_kernel(kernel: Any, effort: str | None, settings: dict[str, object]) -> Any:
+    """A private copy so emulated/remote binds never land in the user's bind cache."""
+    from helion.runtime.kernel import Kernel
+
+    if not isinstance(kernel, Kernel):
+        raise TypeError(
+            f"autotune() needs a @helion.kernel-decorated function, got {type(kernel).__name__}; "
+            "decorate it with @helion.kernel first"
+        )
+    new_settings = copy.copy(kernel.settings)
+    if effort is not None:
+        settings = {**settings, "autotune_effort": effort}
+    for name, value in settings.items():
+        if not hasattr(new_settings, name):
+            raise TypeError(f"unknown Helion setting {name!r}; see helion.Settings for valid names")
+        setattr(new_settings, name, value)
+    return Kernel(kernel.fn, configs=kernel.configs, settings=new_settings)
+
+
+def autotune(
+    kernel: Any,
+    args: Sequence[object],
+    *,
+    backend: str | RemoteBenchmarkExecutor | None = None,
+    algorithm: str | None = None,
+    effort: str | None = None,
+    max_infra_retries: int = 3,
+    print_result: bool = True,
+    **settings: object,
+) -> AutotuneResult:
+    """Autotune ``kernel`` on ``args`` with benchmarks on ``backend``'s workers.
+
+    The coordinator (this process) runs the Helion search and generates code;
+    it never compiles or launches a kernel, so it needs no GPU.
+    """
+    if effort is not None and effort not in ("none", "quick", "full"):
+        raise ValueError(f"unknown effort {effort!r}; valid efforts: none, quick, full")
+    algorithm_cls = resolve_algorithm(algorithm)
+    if isinstance(backend, str) or backend is None:
+        executor = shared_executor(backend)
+    else:
+        executor = backend
+    started = time.perf_counter()
+    args = tuple(args)
+    private = _private_kernel(kernel, effort, settings)
+    bound = private.bind(args)
+    stats = RunStats()
+    context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries)
+    factory = search_factory(bound, args, algorithm_cls)
+    provider_cls = bind_provider(context)
+    if bound.settings.autotune_effort == "none":
+        config = bound.config_spec.default_config()
+    else:
+        with remote_mode(provider_cls):
+            cache = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
+            config = cache.autotune(skip_cache=True)
+    stats.wall_s = time.perf_counter() - started
+    best_ms = context.last_perf_ms.get(kernel_source(bound, config).digest, math.inf)
+    result = AutotuneResult(
+        config=config,
+        best_ms=best_ms,
+        decorator=bound.format_kernel_decorator(config, bound.settings),
+        stats=stats.to_dict(),
+        backend=getattr(executor, "name", type(executor).__name__),
+        algorithm=algorithm_cls.__name__,
+        kernel_name=bound.kernel.name,
+    )
+    if print_result:
+        print(
+            f"[helion-remote] {result.kernel_name}: best {best_ms:.4f} ms, "
+            f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
+            f"({result.algorithm})\n{result.decorator}",
+            file=sys.stderr,
+        )
+    return result

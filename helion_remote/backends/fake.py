@@ -1,0 +1,339 @@
+"""The ``fake`` backend: an in-process executor with a cost model and faults.
+
+A product feature, not a test double: a downstream project can run its real
+Helion search (real config space, real codegen on the coordinator) in CI on
+a machine with no GPU, with deterministic "timings" and injected failures, and
+assert that its tuning pipeline survives compile errors, hangs, wrong answers,
+lost workers and stragglers.
+
+Semantics (documented in docs/fake-backend.md):
+
+* Determinism: a job's outcome depends only on ``seed``, the config and the
+  attempt number, never on thread timing or batch order.  Completion order
+  may vary with ``latency_s``/stragglers; results carry job ids.
+* Cost model: ``cost_model(config_dict) -> ms`` (default
+  :func:`default_cost_model`), times a log-normal noise factor with
+  ``noise`` standard deviation.  Re-timing uses ``noise / 4``.
+* Faults: :class:`FaultRule` (a kind plus a ``rate`` and/or a predicate on the
+  config dict).  Kernel faults (``compile_error``, ``runtime_error``,
+  ``timeout``, ``accuracy_error``, ``sticky_error``) hit every attempt of a
+  config they select, like a real broken kernel would; infrastructure faults
+  (``worker_crash``, ``transport_error``) hit only the first attempt by
+  default (``attempts``), so the coordinator's retry on another worker
+  succeeds.  ``straggler`` multiplies the job's latency by ``slow_factor``.
+  ``worker_crash`` and ``sticky_error`` replace the worker (new worker id).
+* Re-timing is served only for kernels this executor measured ``ok``;
+  anything else is an error, like a real worker that never compiled it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Literal
+
+from ..blobs import BlobStore, MemoryBlobStore
+from ..protocol import (
+    BenchmarkJob,
+    JobResult,
+    KernelSource,
+    RetimeResult,
+    RetimeTiming,
+    SessionSpec,
+    WorkerInfo,
+    config_key,
+)
+
+FaultKind = Literal[
+    "compile_error",
+    "runtime_error",
+    "timeout",
+    "accuracy_error",
+    "sticky_error",
+    "worker_crash",
+    "transport_error",
+    "straggler",
+]
+KERNEL_FAULTS = ("compile_error", "runtime_error", "timeout", "accuracy_error", "sticky_error")
+INFRA_FAULTS = ("worker_crash", "transport_error")
+FAULT_KINDS: tuple[str, ...] = (*KERNEL_FAULTS, *INFRA_FAULTS, "straggler")
+
+ConfigPredicate = Callable[[dict[str, object]], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultRule:
+    """Inject ``kind`` into jobs selected by ``rate`` and/or ``when``.
+
+    With both set, a job must match the predicate *and* win the rate draw.
+    ``attempts`` limits which attempts are hit (``None`` = every attempt);
+    infrastructure kinds default to the first attempt only.
+    """
+
+    kind: FaultKind
+    rate: float | None = None
+    when: ConfigPredicate | None = None
+    attempts: tuple[int, ...] | None = None
+    slow_factor: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; valid kinds: {', '.join(FAULT_KINDS)}")
+        if self.rate is None and self.when is None:
+            raise ValueError(f"FaultRule({self.kind!r}) needs rate= or when= (or both)")
+        if self.rate is not None and not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"FaultRule rate must be in [0, 1], got {self.rate!r}")
+
+    def effective_attempts(self) -> tuple[int, ...] | None:
+        if self.attempts is not None:
+            return self.attempts
+        return (0,) if self.kind in INFRA_FAULTS else None
+
+
+def _unit(*parts: object) -> float:
+    """A deterministic number in [0, 1) from ``parts``."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def default_cost_model(config: dict[str, object]) -> float:
+    """A smooth, plausible latency landscape (ms) so searches make progress.
+
+    Prefers mid-size power-of-two blocks, 4-8 warps and 2-4 stages, with a
+    small deterministic per-config ruggedness term.
+    """
+    cost = 1.0
+    blocks = config.get("block_sizes") or []
+    for block in blocks if isinstance(blocks, list) else []:
+        if isinstance(block, int) and block > 0:
+            cost += 0.15 * (math.log2(block) - 6.0) ** 2
+    warps = config.get("num_warps")
+    if isinstance(warps, int) and warps > 0:
+        cost += 0.1 * (math.log2(warps) - 2.5) ** 2
+    stages = config.get("num_stages")
+    if isinstance(stages, int):
+        cost += 0.05 * (stages - 3) ** 2
+    return cost * (1.0 + 0.1 * _unit("rugged", config_key(config)))
+
+
+@dataclasses.dataclass
+class _FakeWorker:
+    slot: int
+    generation: int = 0
+
+    @property
+    def worker_id(self) -> str:
+        return f"fake-{self.slot}.{self.generation}"
+
+
+class FakeExecutor:
+    """In-process executor; see the module docstring for its semantics."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        workers: int = 4,
+        latency_s: float = 0.0,
+        cost_model: Callable[[dict[str, object]], float] = default_cost_model,
+        noise: float = 0.02,
+        faults: Sequence[FaultRule] = (),
+        blob_store: BlobStore | None = None,
+        device_name: str = "Fake GPU",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"FakeExecutor needs workers >= 1, got {workers!r}")
+        if latency_s < 0:
+            raise ValueError(f"latency_s must be >= 0, got {latency_s!r}")
+        self.seed = seed
+        self.latency_s = latency_s
+        self.cost_model = cost_model
+        self.noise = noise
+        self.faults = tuple(faults)
+        self.device_name = device_name
+        self._blob_store = blob_store if blob_store is not None else MemoryBlobStore()
+        self._workers = [_FakeWorker(i) for i in range(workers)]
+        self._lock = threading.Lock()
+        self._next_worker = 0
+        self._measured: dict[str, dict[str, object]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self.sessions_opened = 0
+        self.jobs_run = 0
+        self.retime_calls = 0
+
+    @property
+    def blob_store(self) -> BlobStore:
+        return self._blob_store
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo(w.worker_id, self.device_name, f"FAKE-{w.slot}") for w in self._workers]
+
+    def open_session(self, spec: SessionSpec) -> FakeSession:
+        if not self._blob_store.contains(spec.args_digest):
+            raise KeyError(
+                f"args blob {spec.args_digest} is not in {self._blob_store.describe()}; "
+                "upload the arguments before opening a session"
+            )
+        self.sessions_opened += 1
+        return FakeSession(self, spec)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- internals used by FakeSession -------------------------------------------------
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(len(self._workers), thread_name_prefix="fake-worker")
+            return self._pool
+
+    def _pick_worker(self, avoid: Sequence[str]) -> _FakeWorker:
+        with self._lock:
+            for offset in range(len(self._workers)):
+                worker = self._workers[(self._next_worker + offset) % len(self._workers)]
+                if worker.worker_id not in avoid:
+                    self._next_worker = (self._next_worker + offset + 1) % len(self._workers)
+                    return worker
+            worker = self._workers[self._next_worker]
+            self._next_worker = (self._next_worker + 1) % len(self._workers)
+            return worker
+
+    def _replace_worker(self, worker: _FakeWorker) -> None:
+        with self._lock:
+            worker.generation += 1
+
+    def _fault_for(self, job: BenchmarkJob) -> FaultRule | None:
+        key = config_key(job.config) if job.config else job.kernel.digest
+        for index, rule in enumerate(self.faults):
+            attempts = rule.effective_attempts()
+            if attempts is not None and job.attempt not in attempts:
+                continue
+            if rule.when is not None and not rule.when(job.config):
+                continue
+            draw_attempt = job.attempt if rule.kind in INFRA_FAULTS else 0
+            if rule.rate is not None and _unit(self.seed, index, key, draw_attempt) >= rule.rate:
+                continue
+            return rule
+        return None
+
+    def _perf(self, config: dict[str, object], salt: object, noise: float) -> float:
+        base = self.cost_model(config)
+        u1 = max(_unit(self.seed, "n1", config_key(config), salt), 1e-12)
+        u2 = _unit(self.seed, "n2", config_key(config), salt)
+        gauss = math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
+        return base * math.exp(noise * gauss)
+
+    def _run(self, spec: SessionSpec, job: BenchmarkJob) -> JobResult:
+        worker = self._pick_worker(job.avoid_workers)
+        worker_id = worker.worker_id
+        started = time.time()
+        fault = self._fault_for(job)
+        delay = self.latency_s * (fault.slow_factor if fault and fault.kind == "straggler" else 1.0)
+        if delay:
+            time.sleep(delay)
+        self.jobs_run += 1
+        common = dict(
+            job_id=job.job_id,
+            worker_id=worker_id,
+            device_name=self.device_name,
+            device_uuid=f"FAKE-{worker.slot}",
+            started_at=started,
+            kernel_digest=job.kernel.digest,
+        )
+        kind = fault.kind if fault else None
+        if kind in ("worker_crash", "transport_error"):
+            if kind == "worker_crash":
+                self._replace_worker(worker)
+            message = "fake worker process died" if kind == "worker_crash" else "fake transport dropped the reply"
+            return JobResult(status="infra_error", error_class=kind, error_message=message, finished_at=time.time(), **common)
+        if kind == "compile_error":
+            return JobResult(status="error", compile_time_s=0.01, error_class="CompilationError",
+                             error_message="injected compile error", finished_at=time.time(), **common)
+        if kind == "runtime_error":
+            return JobResult(status="error", compile_time_s=0.01, error_class="RuntimeError",
+                             error_message="injected runtime error", finished_at=time.time(), **common)
+        if kind == "sticky_error":
+            self._replace_worker(worker)
+            return JobResult(status="error", compile_time_s=0.01, error_class="RuntimeError",
+                             error_message="CUDA error: an illegal memory access was encountered (injected; worker replaced)",
+                             finished_at=time.time(), **common)
+        if kind == "timeout":
+            self._replace_worker(worker)
+            return JobResult(status="timeout", compile_time_s=None, error_class="Timeout",
+                             error_message=f"injected hang, cut off after {job.run_timeout_s}s",
+                             finished_at=time.time(), **common)
+        if kind == "accuracy_error":
+            return JobResult(status="accuracy_error", compile_time_s=0.01, error_class="AssertionError",
+                             error_message="injected accuracy failure: output differs from the baseline",
+                             finished_at=time.time(), **common)
+        perf = self._perf(job.config, ("job", job.attempt), self.noise)
+        with self._lock:
+            self._measured[job.kernel.digest] = job.config
+        return JobResult(status="ok", perf_ms=perf, compile_time_s=0.01, finished_at=time.time(), **common)
+
+    def _retime(self, kernels: Sequence[KernelSource], worker: _FakeWorker, call: int) -> RetimeResult:
+        timings = []
+        for kernel in kernels:
+            with self._lock:
+                config = self._measured.get(kernel.digest)
+            if config is None:
+                timings.append(RetimeTiming(kernel.digest, "error", error_message="kernel was never measured ok on this executor"))
+            else:
+                timings.append(RetimeTiming(kernel.digest, "ok", self._perf(config, ("retime", call), self.noise / 4)))
+        return RetimeResult(tuple(timings), worker.worker_id, self.device_name, f"FAKE-{worker.slot}")
+
+
+class FakeSession:
+    """A search's session on the :class:`FakeExecutor`."""
+
+    def __init__(self, executor: FakeExecutor, spec: SessionSpec) -> None:
+        self.spec = spec
+        self._executor = executor
+        self._retime_worker: _FakeWorker | None = None
+        self._retime_calls = 0
+        self._closed = False
+
+    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
+        if self._closed:
+            raise RuntimeError("session is closed")
+        pool = self._executor._executor()
+        pending: set[Future[JobResult]] = {pool.submit(self._executor._run, self.spec, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+    def retime(self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float) -> RetimeResult:
+        if self._retime_worker is None:
+            self._retime_worker = self._executor._pick_worker(())
+        self._retime_calls += 1
+        self._executor.retime_calls += 1
+        return self._executor._retime(kernels, self._retime_worker, self._retime_calls)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def random_rate_faults(rate: float, kinds: Sequence[FaultKind] = FAULT_KINDS) -> list[FaultRule]:  # type: ignore[assignment]
+    """One rule per kind at ``rate``: a quick way to stress a pipeline."""
+    return [FaultRule(kind, rate=rate) for kind in kinds]
+
+
+__all__ = [
+    "FAULT_KINDS",
+    "FakeExecutor",
+    "FakeSession",
+    "FaultRule",
+    "default_cost_model",
+    "random_rate_faults",
+]

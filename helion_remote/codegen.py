@@ -1,0 +1,84 @@
+"""Coordinator-side code generation: a Helion config becomes a :class:`KernelSource`.
+
+Only Helion's codegen runs here (``BoundKernel.to_triton_code``); nothing is
+compiled or launched, so this works with no GPU and no triton installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import re
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from . import _helion_compat as compat
+from .protocol import KernelSource, SourceModule, sha256_hex
+
+_INSTALLED_ROOTS = tuple(
+    str(Path(p).resolve())
+    for key in ("purelib", "platlib", "stdlib", "platstdlib")
+    if (p := sysconfig.get_paths().get(key))
+)
+
+
+def config_to_dict(config: Any) -> dict[str, object]:
+    """A Helion ``Config`` as plain JSON data (for jobs, logs and the fake cost model)."""
+    to_json = getattr(config, "to_json", None)
+    if callable(to_json):
+        return json.loads(to_json())
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def _is_installed(module: Any) -> bool:
+    """Installed packages are on the worker too; user files are not."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return True  # builtins and namespace packages: nothing to ship
+    resolved = str(Path(path).resolve())
+    return resolved.startswith(_INSTALLED_ROOTS)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_module_source(path: str, mtime: float) -> str:
+    return Path(path).read_text()
+
+
+def _module_source(module: Any) -> str:
+    path = getattr(module, "__file__", None)
+    if path and Path(path).exists():
+        return _read_module_source(path, Path(path).stat().st_mtime)
+    return inspect.getsource(module)
+
+
+def shipped_modules(bound: Any, module_source: str) -> tuple[str, tuple[SourceModule, ...]]:
+    """User modules the generated code imports, shipped by content.
+
+    A kernel defined in a script lives in ``__main__``; the worker has its own
+    ``__main__``, so the module is shipped under a content-derived name and the
+    import line in the generated code is rewritten to match.
+    """
+    modules: list[SourceModule] = []
+    for name in compat.source_module_names(bound):
+        module = sys.modules.get(name)
+        if module is None or _is_installed(module):
+            continue
+        source = _module_source(module)
+        ship_name = name
+        if name == "__main__":
+            ship_name = f"_helion_remote_main_{sha256_hex(source)[:12]}"
+            module_source = re.sub(
+                r"^import __main__ as ", f"import {ship_name} as ", module_source, flags=re.MULTILINE
+            )
+        modules.append(SourceModule(ship_name, source))
+    return module_source, tuple(modules)
+
+
+def kernel_source(bound: Any, config: Any) -> KernelSource:
+    """Generate the complete Triton module for ``config`` on the coordinator."""
+    code = bound.to_triton_code(config)
+    code, modules = shipped_modules(bound, code)
+    return KernelSource(module_source=code, entry_name=bound.kernel.name, source_modules=modules)

@@ -1,0 +1,254 @@
+"""Wire types and the executor protocol shared by every backend.
+
+Everything here is plain data (dataclasses of str/int/float/tuple/dict), so a
+job or result crosses a process, a pipe or a Modal call unchanged.  The split
+follows TVM MetaSchedule's Builder/Runner: the coordinator *generates* code, a
+worker *compiles, checks and times* it, and failures come back as values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .blobs import BlobStore
+
+Status = Literal["ok", "error", "timeout", "accuracy_error", "infra_error"]
+STATUSES: tuple[str, ...] = ("ok", "error", "timeout", "accuracy_error", "infra_error")
+"""``infra_error`` is the only status that is not the kernel's fault: a lost
+worker, a broken transport, a worker that could not load the job.  The
+coordinator retries it on another worker and never shows it to the search."""
+
+
+def sha256_hex(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceModule:
+    """A Python module the generated code imports (``import m as _source_module``),
+    shipped by content because the worker cannot import the user's files."""
+
+    name: str
+    source: str
+
+    @property
+    def digest(self) -> str:
+        return sha256_hex(self.name + "\0" + self.source)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSource:
+    """One generated kernel: a complete module plus the host entry point."""
+
+    module_source: str
+    entry_name: str
+    source_modules: tuple[SourceModule, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        parts = [self.entry_name, self.module_source, *(m.digest for m in self.source_modules)]
+        return sha256_hex("\0".join(parts))
+
+    @property
+    def modules_digest(self) -> str:
+        """Identity of the shipped modules: workers need a fresh process per value."""
+        return sha256_hex("\0".join(m.digest for m in self.source_modules))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    """Accuracy tolerances, as Helion's ``autotune_baseline_atol/rtol``."""
+
+    atol: float = 1e-2
+    rtol: float = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSpec:
+    """Opened once per search: which arguments and which reference kernel.
+
+    The worker fetches ``args_digest`` from the blob store once, runs
+    ``reference`` to produce the baseline output and to learn which arguments
+    the kernel mutates, and keeps both for every job of the session.
+    """
+
+    session_id: str
+    kernel_name: str
+    args_digest: str
+    reference: KernelSource
+    tolerances: Tolerances = Tolerances()
+    compile_timeout_s: float = 60.0
+    run_timeout_s: float = 30.0
+    target_fingerprint: str | None = None
+
+    @property
+    def baseline_digest(self) -> str:
+        return self.reference.digest
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkJob:
+    """Compile, check and time one candidate.
+
+    ``config`` is the Helion config as a JSON-able dict.  Workers that run real
+    code ignore it (the source is authoritative); it is there for logs,
+    journals and the fake backend's cost model.
+    """
+
+    job_id: str
+    kernel: KernelSource
+    args_digest: str
+    baseline_digest: str
+    tolerances: Tolerances
+    compile_timeout_s: float
+    run_timeout_s: float
+    warmup_ms: float = 1.0
+    rep_ms: float = 50.0
+    config: dict[str, object] = dataclasses.field(default_factory=dict)
+    attempt: int = 0
+    avoid_workers: tuple[str, ...] = ()
+
+    def retry(self, failed_worker: str) -> BenchmarkJob:
+        """The same job for another worker after an infrastructure failure."""
+        return dataclasses.replace(
+            self,
+            attempt=self.attempt + 1,
+            avoid_workers=(*self.avoid_workers, failed_worker) if failed_worker else self.avoid_workers,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What a worker says about one job.  Failures are values, never exceptions."""
+
+    job_id: str
+    status: Status
+    perf_ms: float = math.inf
+    compile_time_s: float | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    fatal: bool = False
+    """Helion classifies some compile errors as ``raise``: the search must stop."""
+    worker_id: str = ""
+    device_name: str = ""
+    device_uuid: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    kernel_digest: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and math.isfinite(self.perf_ms)
+
+    def to_dict(self) -> dict[str, object]:
+        data = dataclasses.asdict(self)
+        data["perf_ms"] = _float_to_json(self.perf_ms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> JobResult:
+        data = dict(data)
+        data["perf_ms"] = _float_from_json(data.get("perf_ms", math.inf))
+        return cls(**data)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetimeTiming:
+    """One kernel's re-timing: ``perf_ms`` when ``status == 'ok'``."""
+
+    kernel_digest: str
+    status: Status
+    perf_ms: float = math.inf
+    error_message: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RetimeResult:
+    """Finalists re-timed together on one worker, so their numbers compare."""
+
+    timings: tuple[RetimeTiming, ...]
+    worker_id: str = ""
+    device_name: str = ""
+    device_uuid: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    device_name: str
+    device_uuid: str = ""
+    interpreter: bool = False
+
+
+@runtime_checkable
+class RemoteSession(Protocol):
+    """One search's view of an executor: arguments and baseline are loaded."""
+
+    spec: SessionSpec
+
+    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
+        """Run ``jobs``; yield exactly one result per job in completion order.
+
+        Infrastructure trouble is a result with ``status='infra_error'`` (the
+        caller retries it), not an exception.  Raise only when the whole
+        executor is unusable.
+        """
+        ...
+
+    def retime(
+        self,
+        kernels: Sequence[KernelSource],
+        *,
+        warmup_ms: float,
+        rep_ms: float,
+        timeout_s: float,
+    ) -> RetimeResult:
+        """Re-time already-measured kernels together on ONE worker.
+
+        The same worker is used for every ``retime`` call of a session while it
+        lives, so a multi-window final selection compares like with like.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class RemoteBenchmarkExecutor(Protocol):
+    """A pool of workers that compile, check and time generated kernels."""
+
+    name: str
+
+    @property
+    def blob_store(self) -> BlobStore:
+        """Where the coordinator uploads argument blobs for this executor."""
+        ...
+
+    def open_session(self, spec: SessionSpec) -> RemoteSession: ...
+
+    def workers(self) -> Sequence[WorkerInfo]:
+        """The workers this executor runs on (may start them)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _float_to_json(value: float) -> float | str:
+    return value if math.isfinite(value) else repr(value)
+
+
+def _float_from_json(value: object) -> float:
+    return float(value)  # type: ignore[arg-type]  # float("inf") parses repr(inf)
+
+
+def config_key(config: dict[str, object]) -> str:
+    """Stable text of a config dict, for seeding and logs."""
+    return json.dumps(config, sort_keys=True, default=str)

@@ -1,0 +1,363 @@
+"""``RemoteBenchmarkProvider``: Helion's benchmark seam, answered by remote workers.
+
+It subclasses ``LocalBenchmarkProvider`` (without running its ``__init__``)
+because Helion's full-effort final selection only routes finalist windows to
+the provider when ``isinstance(provider, LocalBenchmarkProvider)``; every
+method the search calls is overridden, so nothing local is ever compiled or
+launched.  The ``fn`` it returns is a :class:`RemoteKernel` handle: the search
+only passes it back to ``benchmark_isolated``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _helion_compat as compat
+from .codegen import config_to_dict, kernel_source
+from .dispatch import run_jobs
+from .protocol import (
+    BenchmarkJob,
+    JobResult,
+    KernelSource,
+    RemoteBenchmarkExecutor,
+    RemoteSession,
+    SessionSpec,
+    Tolerances,
+)
+from .stats import RunStats
+
+_STATUS_TO_HELION = {"ok": "ok", "error": "error", "timeout": "timeout", "accuracy_error": "accuracy_error"}
+
+
+class RemoteFatalKernelError(RuntimeError):
+    """A worker classified a failure as fatal for the search (Helion's ``raise``)."""
+
+
+class RemoteKernel:
+    """The ``fn`` of a remotely measured config: a handle, never called locally."""
+
+    def __init__(self, source: KernelSource, config: Any) -> None:
+        self.source = source
+        self.config = config
+        self.__name__ = source.entry_name
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError(
+            f"{self.__name__} was measured on a remote worker and cannot run on the "
+            "coordinator; use the returned config instead"
+        )
+
+    def __repr__(self) -> str:
+        return f"RemoteKernel({self.__name__}, {self.source.digest[:12]})"
+
+
+@dataclasses.dataclass
+class RemoteContext:
+    """What every provider of one ``autotune`` run shares."""
+
+    executor: RemoteBenchmarkExecutor
+    args_digest: str
+    stats: RunStats
+    max_infra_retries: int = 3
+    target_fingerprint: str | None = None
+    progress: Callable[[str], None] | None = None
+    last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Latest timing per config key: batch timings, overwritten by finalist re-timing."""
+    _job_counter: itertools.count = dataclasses.field(default_factory=itertools.count)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def next_job_id(self) -> str:
+        with self._lock:
+            return f"job-{next(self._job_counter)}"
+
+
+class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
+    """Benchmark provider that sends every measurement to ``context.executor``."""
+
+    context: RemoteContext  # set on the subclass made by bind_provider()
+
+    def __init__(  # noqa: PLR0913 - Helion's constructor contract
+        self,
+        kernel: Any,
+        settings: Any,
+        config_spec: Any,
+        args: Sequence[object],
+        log: Any,
+        autotune_metrics: Any,
+    ) -> None:
+        # Deliberately no super().__init__: it compiles and runs the baseline locally.
+        self.kernel = kernel
+        self.settings = settings
+        self.config_spec = config_spec
+        self.args = args
+        self.log = log
+        self._autotune_metrics = autotune_metrics
+        self.mutated_arg_indices: Sequence[int] = ()
+        self._accuracy_failure_config_ids: list[int] = []
+        self._compile_failure_config_ids: list[int] = []
+        self._worker_failure_config_ids: list[int] = []
+        self._last_benchmark_failure_status = None
+        self._no_viable_config_error: Exception | None = None
+        self._effective_source_repairs: dict[Any, Any] = {}
+        self._compiler_seed_configs: set[Any] = set()
+        self._session: RemoteSession | None = None
+        _reject_local_only_settings(settings)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._ensure_session()
+
+    def cleanup(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        # Break the search -> provider -> bound-method cycle, as Helion's own provider does.
+        self.budget_exceeded_fn = compat.LocalBenchmarkProvider.budget_exceeded_fn
+
+    def _ensure_session(self) -> RemoteSession:
+        if self._session is None:
+            ctx = self.context
+            reference = kernel_source(self.kernel, compat.reference_config(self.config_spec))
+            spec = SessionSpec(
+                session_id=uuid.uuid4().hex,
+                kernel_name=reference.entry_name,
+                args_digest=ctx.args_digest,
+                reference=reference,
+                tolerances=self._tolerances(),
+                compile_timeout_s=float(self.settings.autotune_compile_timeout),
+                run_timeout_s=float(self.settings.autotune_benchmark_timeout),
+                target_fingerprint=ctx.target_fingerprint,
+            )
+            self._session = ctx.executor.open_session(spec)
+            ctx.stats.sessions += 1
+        return self._session
+
+    def _tolerances(self) -> Tolerances:
+        atol = self.settings.autotune_baseline_atol
+        rtol = self.settings.autotune_baseline_rtol
+        return Tolerances(atol=1e-2 if atol is None else float(atol), rtol=1e-2 if rtol is None else float(rtol))
+
+    # -- the search's batch call ---------------------------------------------------
+
+    def benchmark(
+        self,
+        configs: list[Any],
+        *,
+        desc: str = "Benchmarking",
+        raise_if_no_viable_config: bool = True,
+        **_: object,
+    ) -> list[Any]:
+        ctx = self.context
+        session = self._ensure_session()
+        self._no_viable_config_error = None
+        results = [
+            compat.BenchmarkResult(config=c, fn=compat._unset_fn, perf=math.inf, status="error", compile_time=None)
+            for c in configs
+        ]
+        jobs: dict[str, tuple[int, BenchmarkJob, RemoteKernel]] = {}
+        for index, config in enumerate(configs):
+            if self.budget_exceeded_fn():
+                break
+            started = time.perf_counter()
+            try:
+                source = kernel_source(self.kernel, config)
+            except Exception as error:
+                ctx.stats.codegen_failures += 1
+                ctx.stats.failures["error"] += 1
+                self._record_compile_failure(config)
+                self.log.warning(f"Skipping config that failed code generation: {config!r}: {error}")
+                results[index] = results[index]._replace(completed_at=time.perf_counter())
+                if not jobs and index == len(configs) - 1 and self._nothing_measured():
+                    if raise_if_no_viable_config:
+                        raise
+                    self._no_viable_config_error = error
+                continue
+            finally:
+                ctx.stats.codegen_s += time.perf_counter() - started
+            job = BenchmarkJob(
+                job_id=ctx.next_job_id(),
+                kernel=source,
+                args_digest=ctx.args_digest,
+                baseline_digest=session.spec.baseline_digest,
+                tolerances=session.spec.tolerances,
+                compile_timeout_s=float(self.settings.autotune_compile_timeout),
+                run_timeout_s=float(self.settings.autotune_benchmark_timeout),
+                config=config_to_dict(config),
+            )
+            jobs[job.job_id] = (index, job, RemoteKernel(source, config))
+        if not jobs:
+            return results
+        done = 0
+
+        def report(result: JobResult) -> None:
+            nonlocal done
+            done += 1
+            if ctx.progress is not None:
+                ctx.progress(f"{desc}: {done}/{len(jobs)}")
+
+        finals = run_jobs(
+            session,
+            [job for _, job, _ in jobs.values()],
+            stats=ctx.stats,
+            max_infra_retries=ctx.max_infra_retries,
+            on_result=report,
+        )
+        for job_id, (index, _job, handle) in jobs.items():
+            results[index] = self._to_helion(configs[index], handle, finals[job_id])
+        return results
+
+    def _nothing_measured(self) -> bool:
+        return self._autotune_metrics.num_successful_candidate_measurements == 0
+
+    def _to_helion(self, config: Any, handle: RemoteKernel, result: JobResult) -> Any:
+        stats = self.context.stats
+        stats.configs_measured += 1
+        self._autotune_metrics.num_configs_tested += 1
+        if result.status == "ok" and math.isfinite(result.perf_ms):
+            self._autotune_metrics.num_successful_candidate_measurements += 1
+            status, perf = "ok", result.perf_ms
+            self.context.last_perf_ms[handle.source.digest] = perf
+        else:
+            stats.failures[result.status] += 1
+            status, perf = _STATUS_TO_HELION.get(result.status, "error"), math.inf
+            if status == "ok":  # ok but no finite time: treat as an error
+                status = "error"
+            if result.status == "accuracy_error":
+                self._record_accuracy_failure(config)
+            elif result.status == "timeout":
+                self._record_worker_failure(config, "timeout")
+            else:
+                self._record_worker_failure(config, "error")
+            if result.fatal and not self.settings.autotune_ignore_errors:
+                raise RemoteFatalKernelError(
+                    f"worker {result.worker_id} hit an error Helion treats as fatal for the search "
+                    f"({result.error_class}: {result.error_message}); set autotune_ignore_errors=True "
+                    "to skip such configs instead"
+                )
+            self.log.debug(
+                f"remote {result.status} for {config!r} on {result.worker_id}: "
+                f"{result.error_class}: {result.error_message}"
+            )
+        helion_result = compat.BenchmarkResult(
+            config=config,
+            fn=handle if status == "ok" else compat._unset_fn,
+            perf=perf,
+            status=status,
+            compile_time=result.compile_time_s,
+            completed_at=time.perf_counter(),
+        )
+        self._log_entry(helion_result)
+        return helion_result
+
+    def _log_entry(self, result: Any) -> None:
+        try:
+            config_id = self.log.register_config(result.config)
+            self.log.record_autotune_entry(
+                compat.AutotuneLogEntry(
+                    generation=self._autotune_metrics.num_generations,
+                    status=result.status,
+                    perf_ms=result.perf if math.isfinite(result.perf) else None,
+                    compile_time=result.compile_time,
+                    config_id=config_id,
+                    config=result.config,
+                    completed_at=result.completed_at,
+                )
+            )
+        except Exception as error:  # logging must never break a search
+            self.log.debug(f"could not record autotune log entry: {error}")
+
+    # -- finalist re-timing --------------------------------------------------------
+
+    def benchmark_isolated(
+        self,
+        fns: list[Callable[..., object]],
+        *,
+        warmup: int,
+        rep: int,
+        desc: str = "Benchmarking",
+        fresh_process: bool = False,
+        args_slots: Sequence[int | None] | None = None,
+        timeout: float | None = None,
+        **_: object,
+    ) -> list[Any]:
+        handles = [fn if isinstance(fn, RemoteKernel) else None for fn in fns]
+        timings: list[Any] = [None] * len(fns)
+        known = [h for h in handles if h is not None]
+        if not known:
+            return timings
+        session = self._ensure_session()
+        result = session.retime(
+            [h.source for h in known],
+            warmup_ms=float(warmup),
+            rep_ms=float(rep),
+            timeout_s=float(timeout if timeout is not None else self.settings.autotune_benchmark_timeout),
+        )
+        stats = self.context.stats
+        stats.retime_calls += 1
+        if result.worker_id:
+            stats.retime_workers.add(result.worker_id)
+        by_digest = {t.kernel_digest: t for t in result.timings}
+        for index, handle in enumerate(handles):
+            if handle is None:
+                continue
+            timing = by_digest.get(handle.source.digest)
+            if timing is None or timing.status == "infra_error":
+                timings[index] = None  # keep the prior timing; not the kernel's fault
+            elif timing.status == "ok" and math.isfinite(timing.perf_ms):
+                timings[index] = timing.perf_ms
+                self.context.last_perf_ms[handle.source.digest] = timing.perf_ms
+            else:
+                status = "timeout" if timing.status == "timeout" else "error"
+                timings[index] = compat.IsolatedBenchmarkFailure(status)
+        return timings
+
+    def steady_window_benchmark_available(self) -> bool:
+        return True
+
+    def private_argument_copies_affordable(self, count: int) -> bool:
+        return False
+
+    def release_private_argument_copies(self) -> None:
+        return None
+
+    def set_compiler_seed_configs(self, configs: Sequence[Any]) -> None:
+        self._compiler_seed_configs = set(configs)
+
+    def has_measured_source_hash(self, source_hash: str) -> bool:
+        return False
+
+    def take_effective_source_repairs(self) -> dict[Any, Any]:
+        return {}
+
+    def take_no_viable_config_error(self) -> Exception | None:
+        error, self._no_viable_config_error = self._no_viable_config_error, None
+        return error
+
+    def invalidate_effective_source_hash(self, source_hash: str) -> None:
+        return None
+
+
+def bind_provider(context: RemoteContext) -> type[RemoteBenchmarkProvider]:
+    """A provider class bound to one run's context (Helion instantiates classes)."""
+    return type("BoundRemoteBenchmarkProvider", (RemoteBenchmarkProvider,), {"context": context})
+
+
+def _reject_local_only_settings(settings: Any) -> None:
+    for name, why in (
+        ("autotune_benchmark_fn", "it times kernels in the coordinator process"),
+        ("autotune_baseline_fn", "the baseline is computed on the worker from the reference config"),
+        ("autotune_baseline_accuracy_check_fn", "accuracy is checked on the worker"),
+    ):
+        if getattr(settings, name, None) is not None:
+            raise ValueError(
+                f"helion_remote does not support the {name} setting ({why}); remove it, "
+                "or tune locally with stock Helion"
+            )

@@ -1,0 +1,44 @@
+"""Counters for one ``autotune`` run, filled by the provider and the dispatcher."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter
+
+
+@dataclasses.dataclass
+class RunStats:
+    configs_measured: int = 0
+    failures: Counter[str] = dataclasses.field(default_factory=Counter)
+    infra_retries: int = 0
+    codegen_failures: int = 0
+    blob_bytes_uploaded: int = 0
+    blob_puts: int = 0
+    blob_puts_skipped: int = 0
+    sessions: int = 0
+    retime_calls: int = 0
+    retime_workers: set[str] = dataclasses.field(default_factory=set)
+    workers_used: set[str] = dataclasses.field(default_factory=set)
+    devices_used: set[str] = dataclasses.field(default_factory=set)
+    codegen_s: float = 0.0
+    wall_s: float = 0.0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "configs_measured": self.configs_measured,
+            "failures": dict(self.failures),
+            "infra_retries": self.infra_retries,
+            "codegen_failures": self.codegen_failures,
+            "blob_bytes_uploaded": self.blob_bytes_uploaded,
+            "blob_puts": self.blob_puts,
+            "blob_puts_skipped": self.blob_puts_skipped,
+            "sessions": self.sessions,
+            "retime_calls": self.retime_calls,
+            "retime_workers": sorted(self.retime_workers),
+            "workers_used": sorted(self.workers_used),
+            "devices_used": sorted(self.devices_used),
+            "codegen_s": round(self.codegen_s, 4),
+            "wall_s": round(self.wall_s, 4),
+        }
