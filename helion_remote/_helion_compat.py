@@ -54,6 +54,10 @@ FINAL_REBENCHMARK_ISOLATED_ENV: str = getattr(
     _base_search, "_FINAL_REBENCHMARK_ISOLATED_ENV", "HELION_AUTOTUNE_FINAL_REBENCHMARK_ISOLATED"
 )
 
+HAS_FINAL_SELECTION: bool = hasattr(_base_search, "_WorkerFinalSelectionMeasurer")
+"""helion 1.5.1 times full-effort finalists through ``benchmark_isolated`` windows;
+1.5.0 only has the single-pass final re-benchmark."""
+
 _PROVIDER_PARAM = "benchmark_provider_cls"
 
 
@@ -109,6 +113,7 @@ __all__ = [
     "BaseSearch",
     "BenchmarkResult",
     "FINAL_REBENCHMARK_ISOLATED_ENV",
+    "HAS_FINAL_SELECTION",
     "HelionCompatError",
     "IsolatedBenchmarkFailure",
     "LocalBenchmarkProvider",

@@ -53,13 +53,15 @@ def resolve_algorithm(name: str | None) -> type:
 
 
 @contextlib.contextmanager
-def remote_mode(provider_cls: type[RemoteBenchmarkProvider]) -> Iterator[None]:
+def remote_mode(provider_cls: type[RemoteBenchmarkProvider], effort: str = "full") -> Iterator[None]:
     """Route every Helion search built inside this block to ``provider_cls``."""
     with _RUN_LOCK, contextlib.ExitStack() as stack:
         target, attribute = compat.provider_default_patch_target()
         stack.enter_context(mock.patch.object(target, attribute, (provider_cls,)))
-        # Finalists must be re-timed through the provider (isolated), never in-process.
-        stack.enter_context(mock.patch.dict(os.environ, {compat.FINAL_REBENCHMARK_ISOLATED_ENV: "1"}))
+        if not (effort == "full" and compat.HAS_FINAL_SELECTION):
+            # Single-pass final verification would time finalists in-process;
+            # ask for isolated re-timing, which the provider sends to one worker.
+            stack.enter_context(mock.patch.dict(os.environ, {compat.FINAL_REBENCHMARK_ISOLATED_ENV: "1"}))
         yield
 
 
@@ -69,6 +71,12 @@ def search_factory(bound: Any, args: Sequence[object], algorithm: type, **kwargs
 
     profile = get_effort_profile(bound.settings.autotune_effort)
     parameters = inspect.signature(algorithm.__init__).parameters
+    valid = [name for name in parameters if name not in ("self", "kernel", "args")]
+    for key in kwargs:
+        if key not in parameters:
+            raise TypeError(
+                f"{algorithm.__name__} has no option {key!r}; valid options: {', '.join(valid)}"
+            )
     merged = dict(kwargs)
     for key, value in algorithm.get_kwargs_from_profile(profile, bound.settings).items():
         if key not in merged and key in parameters:

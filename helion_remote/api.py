@@ -64,7 +64,7 @@ class RemoteAutotuneCache(AutotuneCacheBase):
         self.selected: Any = None
 
     def autotune(self, *, skip_cache: bool = False) -> Any:
-        with remote_mode(self.provider_cls):
+        with remote_mode(self.provider_cls, str(self.kernel.settings.autotune_effort)):
             return super().autotune(skip_cache=True)
 
     def get(self) -> Any:
@@ -152,6 +152,7 @@ def autotune(
     backend: str | RemoteBenchmarkExecutor | None = None,
     algorithm: str | None = None,
     effort: str | None = None,
+    algorithm_options: dict[str, object] | None = None,
     max_infra_retries: int = 3,
     print_result: bool = True,
     **settings: object,
@@ -160,6 +161,10 @@ def autotune(
 
     The coordinator (this process) runs the Helion search and generates code;
     it never compiles or launches a kernel, so it needs no GPU.
+
+    ``algorithm_options`` are keyword arguments for the search class (they
+    override the effort profile's), ``settings`` are Helion settings
+    (``autotune_budget_seconds=...``, ``autotune_random_seed=...``).
     """
     if effort is not None and effort not in ("none", "quick", "full"):
         raise ValueError(f"unknown effort {effort!r}; valid efforts: none, quick, full")
@@ -174,12 +179,12 @@ def autotune(
     bound = private.bind(args)
     stats = RunStats()
     context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries)
-    factory = search_factory(bound, args, algorithm_cls)
+    factory = search_factory(bound, args, algorithm_cls, **(algorithm_options or {}))
     provider_cls = bind_provider(context)
     if bound.settings.autotune_effort == "none":
         config = bound.config_spec.default_config()
     else:
-        with remote_mode(provider_cls):
+        with remote_mode(provider_cls, str(bound.settings.autotune_effort)):
             cache = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
             config = cache.autotune(skip_cache=True)
     stats.wall_s = time.perf_counter() - started

@@ -138,7 +138,7 @@ class _Encoder:
             "t": "tensor",
             "dtype": str(t.dtype).removeprefix("torch."),
             "shape": list(t.shape),
-            "stride": list(t.contiguous().stride()),
+            "stride": list(t.stride()),
             "offset": t.storage_offset(),
             "storage": self.storage_index(storage),
         }

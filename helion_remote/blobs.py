@@ -123,6 +123,16 @@ class _Counters:
         self.puts = 0
         self.puts_skipped = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        # Stores travel to worker processes; a lock cannot, and need not.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _count(self, result: PutResult) -> PutResult:
         with self._lock:
             if result.uploaded:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import threading
 from pathlib import Path
 
@@ -168,3 +169,12 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.delenv("HELION_REMOTE_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "helion-remote"
+
+
+def test_stores_pickle_for_worker_processes(store: MemoryBlobStore | DirectoryBlobStore) -> None:
+    digest = store.put(b"travels").digest
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.get(digest) == b"travels"
+    assert copy.puts == 1
+    copy.put(b"after unpickling")  # the lock was rebuilt
+    assert copy.puts == 2

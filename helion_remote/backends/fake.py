@@ -71,14 +71,15 @@ class FaultRule:
     """Inject ``kind`` into jobs selected by ``rate`` and/or ``when``.
 
     With both set, a job must match the predicate *and* win the rate draw.
-    ``attempts`` limits which attempts are hit (``None`` = every attempt);
-    infrastructure kinds default to the first attempt only.
+    ``attempts`` limits which attempts are hit: a tuple of attempt numbers,
+    ``"all"``, or ``None`` for the kind's default (kernel faults hit every
+    attempt, infrastructure faults only the first, so a retry succeeds).
     """
 
     kind: FaultKind
     rate: float | None = None
     when: ConfigPredicate | None = None
-    attempts: tuple[int, ...] | None = None
+    attempts: tuple[int, ...] | Literal["all"] | None = None
     slow_factor: float = 20.0
 
     def __post_init__(self) -> None:
@@ -90,8 +91,11 @@ class FaultRule:
             raise ValueError(f"FaultRule rate must be in [0, 1], got {self.rate!r}")
 
     def effective_attempts(self) -> tuple[int, ...] | None:
+        """Attempt numbers this rule may hit; ``None`` means every attempt."""
+        if self.attempts == "all":
+            return None
         if self.attempts is not None:
-            return self.attempts
+            return tuple(self.attempts)
         return (0,) if self.kind in INFRA_FAULTS else None
 
 

@@ -1,0 +1,380 @@
+"""The ``local`` backend: worker processes on this machine's GPUs (or its CPU).
+
+One long-lived device worker per visible GPU runs candidates; a pool of
+compile workers (one per CPU core by default) compiles them ahead into a
+shared per-session Triton cache, so a GPU only loads a ready binary and never
+waits on a compiler while compiled candidates exist.  The pipeline admits at
+most ``jobs_in_flight_per_worker`` jobs per GPU between "compile started" and
+"timed", which bounds both wasted compiles at the end of a batch and the
+staleness of the queue.
+
+Without a GPU the pool is ``cpu_workers`` Triton-interpreter workers on CPU
+tensors and no compile stage (the interpreter has none).  Interpreter timings
+say nothing about GPU speed; the executor warns once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import dataclasses
+import logging
+import math
+import os
+import queue
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..blobs import BlobStore, DirectoryBlobStore, default_cache_dir
+from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
+from ..worker.process import WorkerHandle, WorkerSpec
+
+log = logging.getLogger(__name__)
+
+INTERPRETER_WARNING = (
+    "helion_remote local backend: no GPU visible, running kernels under the Triton "
+    "interpreter on CPU. Timings are INTERPRETER timings and say nothing about GPU speed."
+)
+_CONTEXT_BYTES = 768 << 20
+"""Rough CUDA context + allocator overhead of one compile worker on a GPU."""
+_COMPILE_MEMORY_FRACTION = 0.25
+
+
+class MixedDevicesError(RuntimeError):
+    """The visible GPUs are not all one model: their timings would not compare."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Task:
+    job: BenchmarkJob
+    session: _LocalSession
+    results: queue.SimpleQueue[JobResult]
+    compile_time_s: float | None = None
+    cancelled: bool = False
+
+
+class LocalExecutor:
+    """A ``RemoteBenchmarkExecutor`` over local worker processes."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        devices: Sequence[int] | None = None,
+        cpu_workers: int = 1,
+        compile_workers: int | None = None,
+        blob_store: BlobStore | None = None,
+        allow_mixed_devices: bool = False,
+        jobs_in_flight_per_worker: int | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        timeout_margin_s: float = 10.0,
+        start_timeout_s: float = 300.0,
+    ) -> None:
+        root = Path(work_dir) if work_dir is not None else default_cache_dir()
+        self._blob_store = blob_store if blob_store is not None else DirectoryBlobStore(root / "blobs")
+        self._work_dir = str(root / "local-worker")
+        gpus = _visible_gpus(devices)
+        self.interpreter = not gpus
+        if gpus and not allow_mixed_devices:
+            models = sorted({name for _, name, _ in gpus})
+            if len(models) > 1:
+                listing = ", ".join(f"cuda:{i}={name}" for i, name, _ in gpus)
+                raise MixedDevicesError(
+                    f"the local pool mixes GPU models ({listing}); timings across models do not compare. "
+                    f"Pass devices=[...] to pick one model or allow_mixed_devices=True."
+                )
+        self._gpu_memory = sum(mem for _, _, mem in gpus)
+
+        def spec(worker_id: str, device: int | None) -> WorkerSpec:
+            return WorkerSpec(
+                worker_id, self._blob_store, self._work_dir, device,
+                timeout_margin_s=timeout_margin_s, start_timeout_s=start_timeout_s,
+            )
+
+        host = os.uname().nodename
+        if self.interpreter:
+            warnings.warn(INTERPRETER_WARNING, RuntimeWarning, stacklevel=2)
+            log.warning(INTERPRETER_WARNING)
+            self._devices = [WorkerHandle(spec(f"local-{host}-cpu{i}", None)) for i in range(max(1, cpu_workers))]
+            self._compilers: list[WorkerHandle] = []
+        else:
+            self._devices = [WorkerHandle(spec(f"local-{host}-gpu{i}", i)) for i, _, _ in gpus]
+            n_compile = compile_workers if compile_workers is not None else (os.cpu_count() or 1)
+            self._compilers = [
+                WorkerHandle(spec(f"local-{host}-compile{j}", gpus[j % len(gpus)][0])) for j in range(n_compile)
+            ]
+        per_worker = jobs_in_flight_per_worker or max(2, math.ceil(len(self._compilers) / len(self._devices)) + 1)
+        self._capacity = per_worker * len(self._devices)
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._ready: list[_Task] = []
+        self._admitted = 0
+        self._compile_slots = len(self._compilers)
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._closed = False
+        _register_atexit(self)
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def blob_store(self) -> BlobStore:
+        return self._blob_store
+
+    def workers(self) -> list[WorkerInfo]:
+        self._start()
+        return [handle.info() for handle in self._devices]
+
+    def open_session(self, spec: SessionSpec) -> _LocalSession:
+        """Open ``spec`` on every device worker now, so a broken reference fails here."""
+        self._start()
+        self._compile_slots = self._compile_slots_for(spec)
+        errors: list[str] = []
+        opened: list[str] = []
+
+        def open_on(handle: WorkerHandle) -> None:
+            try:
+                with handle.lock:
+                    handle.ensure_session(spec, baseline=True)
+                opened.append(handle.worker_id)
+            except Exception as error:  # noqa: BLE001 - summarized below
+                errors.append(f"{handle.worker_id}: {error}")
+
+        threads = [threading.Thread(target=open_on, args=(h,)) for h in self._devices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if not opened:
+            raise RuntimeError(f"could not open session {spec.session_id} on any local worker: " + "; ".join(errors))
+        for message in errors:
+            log.warning("session %s not opened on %s", spec.session_id, message)
+        return _LocalSession(self, spec, self._devices[0])
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            for task in [*self._pending, *self._ready]:
+                task.cancelled = True
+            self._pending.clear()
+            self._ready.clear()
+            self._cond.notify_all()
+        for handle in [*self._devices, *self._compilers]:
+            handle.kill_now()
+        for handle in [*self._devices, *self._compilers]:
+            handle.close()
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("LocalExecutor is closed")
+            if self._started:
+                return
+            self._started = True
+        starters = [threading.Thread(target=h.start, daemon=True) for h in self._devices]
+        for t in starters:
+            t.start()
+        for t in starters:
+            t.join()
+        for handle in self._devices:
+            self._spawn_thread(self._device_loop, handle)
+        for index, handle in enumerate(self._compilers):
+            self._spawn_thread(self._compile_loop, handle, index)
+
+    def _spawn_thread(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"helion-remote-{args[0]}")  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _compile_slots_for(self, spec: SessionSpec) -> int:
+        """Compile workers hold the arguments on a GPU: cap them by GPU memory."""
+        if not self._compilers:
+            return 0
+        try:
+            from ..argcodec import load_manifest
+
+            doc = load_manifest(self._blob_store.get(spec.args_digest))
+            args_bytes = sum(int(ref["nbytes"]) for ref in doc["storages"])
+        except Exception:  # noqa: BLE001 - the workers will report the real problem
+            args_bytes = 0
+        budget = self._gpu_memory * _COMPILE_MEMORY_FRACTION
+        return max(1, min(len(self._compilers), int(budget // (args_bytes + _CONTEXT_BYTES))))
+
+    def _enqueue(self, tasks: list[_Task]) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("LocalExecutor is closed")
+            self._pending.extend(tasks)
+            self._cond.notify_all()
+
+    def _cancel(self, tasks: list[_Task]) -> None:
+        with self._cond:
+            for task in tasks:
+                task.cancelled = True
+            self._pending = collections.deque(t for t in self._pending if not t.cancelled)
+            self._ready = [t for t in self._ready if not t.cancelled]
+
+    def _compile_loop(self, handle: WorkerHandle, index: int) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not (
+                    self._pending and self._admitted < self._capacity and index < self._compile_slots
+                ):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                task = self._pending.popleft()
+                self._admitted += 1
+            outcome = handle.compile(task.session.spec, task.job)
+            task.compile_time_s = outcome.compile_time_s
+            # A compile timeout, or an expected Triton compile failure (not "raise"
+            # class), is final.  Anything else is confirmed by the device worker.
+            final = outcome.status == "timeout" or (outcome.status == "error" and not outcome.fatal)
+            if final:
+                self._finish(task, _compile_result(task.job, outcome, handle), admitted=True)
+                continue
+            with self._cond:
+                if task.cancelled:
+                    self._admitted -= 1
+                    self._cond.notify_all()
+                    continue
+                self._ready.append(task)
+                self._cond.notify_all()
+
+    def _device_loop(self, handle: WorkerHandle) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (task := self._take_for(handle)) is None:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            result = handle.run_job(task.session.spec, task.job, task.compile_time_s)
+            self._finish(task, result, admitted=bool(self._compilers))
+
+    def _take_for(self, handle: WorkerHandle) -> _Task | None:
+        """The oldest task this worker may run (``avoid_workers`` holds if another worker exists)."""
+        source: list[_Task] | collections.deque[_Task] = self._ready if self._compilers else self._pending
+        ids = {h.worker_id for h in self._devices}
+        for task in source:
+            avoided = set(task.job.avoid_workers)
+            if handle.worker_id not in avoided or ids <= avoided:
+                source.remove(task)
+                return task
+        return None
+
+    def _finish(self, task: _Task, result: JobResult, *, admitted: bool) -> None:
+        with self._cond:
+            if admitted:
+                self._admitted -= 1
+            self._cond.notify_all()
+        if not task.cancelled:
+            task.results.put(result)
+
+
+class _LocalSession:
+    """One search on a ``LocalExecutor``; ``retime`` always uses ``retime_worker``."""
+
+    def __init__(self, executor: LocalExecutor, spec: SessionSpec, retime_worker: WorkerHandle) -> None:
+        self.spec = spec
+        self._executor = executor
+        self._retime_worker = retime_worker
+        self._closed = False
+
+    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
+        """Start every job now; the returned generator yields results as they complete."""
+        results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+        tasks = [_Task(job, self, results) for job in jobs]
+        if self._closed:
+            raise RuntimeError(f"session {self.spec.session_id} is closed")
+        self._executor._enqueue(tasks)
+        return self._stream(tasks, results)
+
+    def _stream(self, tasks: list[_Task], results: queue.SimpleQueue[JobResult]) -> Iterator[JobResult]:
+        remaining = len(tasks)
+        try:
+            while remaining:
+                yield results.get()
+                remaining -= 1
+        finally:
+            if remaining:
+                self._executor._cancel(tasks)
+
+    def retime(
+        self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
+    ) -> RetimeResult:
+        return self._retime_worker.retime(self.spec, kernels, warmup_ms, rep_ms, timeout_s)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _compile_result(job: BenchmarkJob, outcome: object, handle: WorkerHandle) -> JobResult:
+    import time
+
+    from ..worker.runtime import CompileOutcome
+
+    assert isinstance(outcome, CompileOutcome)
+    info = handle._info or WorkerInfo(handle.worker_id, "")
+    now = time.time()
+    return JobResult(
+        job_id=job.job_id,
+        status=outcome.status,
+        compile_time_s=outcome.compile_time_s,
+        error_class=outcome.error_class,
+        error_message=outcome.error_message,
+        fatal=outcome.fatal,
+        worker_id=handle.worker_id,
+        device_name=info.device_name,
+        device_uuid=info.device_uuid,
+        started_at=now - outcome.compile_time_s,
+        finished_at=now,
+        kernel_digest=job.kernel.digest,
+    )
+
+
+def _visible_gpus(devices: Sequence[int] | None) -> list[tuple[int, str, int]]:
+    """``(index, model, total_memory)`` per GPU to use; empty means the interpreter."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    indices = list(devices) if devices is not None else list(range(torch.cuda.device_count()))
+    out = []
+    for i in indices:
+        props = torch.cuda.get_device_properties(i)
+        out.append((i, props.name, int(props.total_memory)))
+    return out
+
+
+_LIVE: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _register_atexit(executor: LocalExecutor) -> None:
+    """Close every live executor at exit, so no worker process outlives the coordinator."""
+    global _ATEXIT_REGISTERED
+    if not _ATEXIT_REGISTERED:
+        atexit.register(_close_all)
+        _ATEXIT_REGISTERED = True
+    _LIVE.add(executor)
+
+
+def _close_all() -> None:
+    for executor in list(_LIVE):
+        executor.close()

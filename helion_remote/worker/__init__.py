@@ -1,0 +1,1 @@
+"""Worker side of helion_remote: runs jobs the coordinator sends."""

@@ -1,0 +1,163 @@
+"""Real Helion searches, end to end, through the adapter on the fake backend."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import helion
+import helion_remote
+from helion_remote.backends.fake import FaultRule, FakeExecutor
+
+from kernels import matmul, matmul_args, softmax, softmax_args
+
+ALGORITHMS = ["PatternSearch", "LFBOTreeSearch", "LFBOPatternSearch", "DifferentialEvolutionSearch", "RandomSearch"]
+KERNELS = {"matmul": (matmul, matmul_args), "softmax": (softmax, softmax_args)}
+
+
+def _assert_valid(kernel: object, args: tuple[torch.Tensor, ...], result: helion_remote.AutotuneResult) -> None:
+    assert isinstance(result.config, helion.Config)
+    assert math.isfinite(result.best_ms) and result.best_ms > 0
+    assert result.decorator.startswith("@helion.kernel(config=helion.Config(")
+    # The config is one Helion accepts for this kernel: codegen succeeds.
+    code = kernel.bind(args).to_triton_code(result.config)
+    assert "@triton.jit" in code
+    assert result.stats["configs_measured"] > 0
+
+
+@pytest.mark.parametrize("effort", ["quick", "full"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("kernel_name", sorted(KERNELS))
+def test_every_algorithm_returns_a_valid_config(kernel_name: str, algorithm: str, effort: str) -> None:
+    kernel, make_args = KERNELS[kernel_name]
+    args = make_args()
+    executor = FakeExecutor(seed=7)
+    # Full effort keeps its population sizes, rebenchmarking and final
+    # selection; only the number of generations (and RandomSearch's sample
+    # count) is capped to bound CI time.
+    options = {"count": 100} if algorithm == "RandomSearch" else {}
+    result = helion_remote.autotune(
+        kernel, args, backend=executor, algorithm=algorithm, effort=effort,
+        algorithm_options=options, autotune_max_generations=1 if effort == "full" else 2,
+        print_result=False,
+    )
+    _assert_valid(kernel, args, result)
+    assert result.algorithm == algorithm
+    assert executor.sessions_opened >= 1
+    # Finalist re-timing stays on one worker per session.
+    assert len(result.stats["retime_workers"]) <= executor.sessions_opened
+    if effort == "full" and algorithm != "RandomSearch":
+        assert result.stats["retime_calls"] >= 1
+
+
+def _block0(config: dict) -> int:
+    return config["block_sizes"][0]
+
+
+KERNEL_FAULT_STATUS = {
+    "compile_error": "error",
+    "runtime_error": "error",
+    "timeout": "timeout",
+    "accuracy_error": "accuracy_error",
+    "sticky_error": "error",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KERNEL_FAULT_STATUS))
+def test_kernel_faults_never_win(kind: str) -> None:
+    # The fake cost model likes 64-wide blocks best: fault exactly those.
+    faulty = lambda config: _block0(config) == 64  # noqa: E731
+    executor = FakeExecutor(seed=3, faults=[FaultRule(kind, when=faulty)])
+    args = matmul_args()
+    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch",
+                                    effort="quick", print_result=False)
+    _assert_valid(matmul, args, result)
+    assert result.config["block_sizes"][0] != 64
+    assert result.stats["failures"].get(KERNEL_FAULT_STATUS[kind], 0) > 0
+    assert result.stats["infra_retries"] == 0
+    if kind == "sticky_error":
+        # The worker that hit the sticky error was replaced (new generation id).
+        assert any(not w.endswith(".0") for w in result.stats["workers_used"])
+
+
+@pytest.mark.parametrize("kind", ["worker_crash", "transport_error"])
+def test_infra_faults_are_retried_not_reported(kind: str) -> None:
+    executor = FakeExecutor(seed=5, faults=[FaultRule(kind, rate=0.3)])
+    args = matmul_args()
+    clean = helion_remote.autotune(matmul, args, backend=FakeExecutor(seed=5), algorithm="PatternSearch",
+                                   effort="quick", print_result=False)
+    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch",
+                                    effort="quick", print_result=False)
+    _assert_valid(matmul, args, result)
+    assert result.stats["infra_retries"] > 0
+    assert result.stats["failures"] == {}
+    # Retried jobs land on healthy workers with the same deterministic outcome.
+    assert result.config == clean.config
+
+
+def test_infra_faults_on_a_predicate_and_stragglers() -> None:
+    executor = FakeExecutor(
+        seed=2, latency_s=0.001,
+        faults=[FaultRule("worker_crash", when=lambda c: _block0(c) == 64), FaultRule("straggler", rate=0.2, slow_factor=5)],
+    )
+    args = matmul_args()
+    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch",
+                                    effort="quick", print_result=False)
+    _assert_valid(matmul, args, result)
+    assert result.stats["infra_retries"] > 0
+    assert "infra_error" not in result.stats["failures"]
+
+
+def test_equal_args_upload_once() -> None:
+    executor = FakeExecutor(seed=1)
+    args = matmul_args()
+    first = helion_remote.autotune(matmul, args, backend=executor, algorithm="RandomSearch",
+                                   effort="quick", print_result=False)
+    again = helion_remote.autotune(matmul, tuple(a.clone() for a in args), backend=executor,
+                                   algorithm="RandomSearch", effort="quick", print_result=False)
+    assert first.stats["blob_bytes_uploaded"] >= 2 * 64 * 64 * 4
+    assert again.stats["blob_bytes_uploaded"] == 0
+    assert again.stats["blob_puts_skipped"] > 0
+
+
+def test_args_that_share_a_prefix_get_different_keys() -> None:
+    from helion_remote.argcodec import upload_args
+    from helion_remote.blobs import MemoryBlobStore
+
+    store = MemoryBlobStore()
+    a = torch.zeros(8192, dtype=torch.float32)  # 32 KiB; the first 4 KiB match
+    b = a.clone()
+    b[-1] = 1.0
+    assert upload_args(store, (a,)).digest != upload_args(store, (b,)).digest
+
+
+def test_unknown_names_list_valid_ones() -> None:
+    args = matmul_args()
+    with pytest.raises(ValueError, match="valid backends: fake, local, modal"):
+        helion_remote.autotune(matmul, args, backend="nope")
+    with pytest.raises(ValueError, match="valid algorithms: .*PatternSearch"):
+        helion_remote.autotune(matmul, args, backend=FakeExecutor(), algorithm="Nope")
+    with pytest.raises(ValueError, match="valid efforts"):
+        helion_remote.autotune(matmul, args, backend=FakeExecutor(), effort="max")
+    with pytest.raises(TypeError, match="unknown Helion setting 'autotune_nope'"):
+        helion_remote.autotune(matmul, args, backend=FakeExecutor(), autotune_nope=1)
+
+
+def test_infra_retries_exhausted_is_an_error_not_a_config_failure() -> None:
+    from helion_remote.dispatch import InfraRetriesExhausted
+
+    executor = FakeExecutor(seed=1, faults=[FaultRule("transport_error", rate=1.0, attempts="all")])
+    with pytest.raises(InfraRetriesExhausted, match="failed 4 times on infrastructure"):
+        helion_remote.autotune(matmul, matmul_args(), backend=executor, algorithm="RandomSearch",
+                               effort="quick", print_result=False)
+
+
+def test_best_of_k_trials_all_run_remotely() -> None:
+    executor = FakeExecutor(seed=4)
+    result = helion_remote.autotune(matmul, matmul_args(), backend=executor, algorithm="PatternSearch",
+                                    effort="quick", autotune_best_of_k=2, print_result=False)
+    assert isinstance(result.config, helion.Config)
+    # Two trials plus the rebench round: each opens its own session.
+    assert executor.sessions_opened >= 3
