@@ -365,6 +365,27 @@ for name in sorted(SUPPORTED_FUNCTIONS):
 
 
 @triton.jit
+def mixed(x_ptr, s_ptr, o_ptr, C: tl.constexpr):
+    # Python-scalar and 0-d arguments mixed with blocks, as generated code can pass.
+    offs = tl.arange(0, 8)
+    x = tl.load(x_ptr + offs)
+    s = tl.load(s_ptr)
+    out = libdevice.pow(x, 2.0) + libdevice.pow(x, s) + libdevice.atan2(s, x)
+    out += libdevice.floor(C) + libdevice.fast_dividef(1.0, x) + libdevice.tanh(s)
+    tl.store(o_ptr + offs, out)
+
+
+try:
+    xm, sm, om = torch.rand(8) + 0.5, torch.tensor([3.0]), torch.empty(8)
+    mixed[(1,)](xm, sm, om, 2.5)
+    expected = xm**2 + xm**3 + torch.atan2(sm, xm) + 2.0 + 1 / xm + torch.tanh(sm)
+    torch.testing.assert_close(om, expected)
+    mixed_args = "ok"
+except Exception as error:
+    mixed_args = f"{type(error).__name__}: {str(error)[:600]}"
+
+
+@triton.jit
 def bessel(x_ptr, o_ptr):
     tl.store(o_ptr, libdevice.j0(tl.load(x_ptr)))
 
@@ -383,6 +404,7 @@ from triton.language.extra.libdevice import fast_dividef
 
 emit({
     "results": results,
+    "mixed_args": mixed_args,
     "idempotent": idempotent,
     "kernel_error": kernel_error,
     "direct_error": direct_error,
@@ -402,6 +424,10 @@ def test_supported_function_matches_torch(function_results: dict[str, Any], name
     mine = {key: value for key, value in results.items() if key == name or key.startswith(name + ":")}
     assert mine, f"no result for {name}"
     assert all(value == "ok" for value in mine.values()), mine
+
+
+def test_scalar_and_0d_arguments_broadcast(function_results: dict[str, Any]) -> None:
+    assert function_results["mixed_args"] == "ok"
 
 
 def test_unsupported_function_raises_clear_error(function_results: dict[str, Any]) -> None:

@@ -124,6 +124,14 @@ _ERFC_S = (
 
 
 @triton.jit
+def _zeros(x):
+    # tl.full, a builtin, rather than tl.zeros_like, a jit function of Triton's
+    # stdlib: that one is only interpretable if TRITON_INTERPRET was set before
+    # triton was imported, and these helpers should not add that constraint.
+    return tl.full(x.shape, 0.0, x.dtype)
+
+
+@triton.jit
 def _is_nan(x):
     return x != x
 
@@ -324,7 +332,7 @@ def _ld_sqrt(x):
 
 @triton.jit
 def _ld_rsqrt(x):
-    return tl.rsqrt(x) * 1.0001
+    return tl.rsqrt(x)
 
 
 @triton.jit
@@ -360,7 +368,7 @@ def _pow_f64(a, b):
     general = tl.exp2(b * tl.log2(ax))
     # Small integer exponents by repeated squaring: exact when representable.
     n = tl.where(small_int, tl.abs(b), 0.0).to(tl.int64)
-    acc = tl.zeros_like(ax) + 1.0
+    acc = _zeros(ax) + 1.0
     base = ax
     for _ in tl.static_range(7):
         acc = tl.where((n & 1) == 1, acc * base, acc)
@@ -423,7 +431,7 @@ def _atan_f64(y):
     a_safe = tl.where(big, a, 1.0)
     r = tl.where(big, -1.0 / a_safe, tl.where(mid, (a - 1.0) / (a + 1.0), a))
     # Innermost branch a tensor: tl.where of two Python floats would be fp32.
-    zero = tl.zeros_like(a)
+    zero = _zeros(a)
     base = tl.where(big, _HALF_PI, tl.where(mid, _QUARTER_PI, zero))
     more = tl.where(big, _ATAN_MOREBITS, tl.where(mid, 0.5 * _ATAN_MOREBITS, zero))
     z = r * r
@@ -525,7 +533,7 @@ def _ld_tanh(x):
     y = x.to(tl.float64)
     a = tl.abs(y)
     u = _expm1_f64(-2.0 * tl.where(a > 20.0, 20.0, a))
-    t = tl.where(a > 20.0, 1.0, -u / (2.0 + u)) * 1.001
+    t = tl.where(a > 20.0, 1.0, -u / (2.0 + u))
     return _copysign(t, y).to(x.dtype)
 
 
@@ -582,13 +590,13 @@ def _ld_erfc(x):
     # |y| < 1: 1 - erf(y) loses nothing.  Beyond: Cephes ndtr.c rational
     # approximations times e^(-a^2), so the tail keeps its relative accuracy.
     b = tl.where(a < 1.0, 1.0, tl.where(a > 30.0, 30.0, a))
-    p = tl.zeros_like(b)
-    q = tl.zeros_like(b)
+    p = _zeros(b)
+    q = _zeros(b)
     for i in tl.static_range(9):
         p = p * b + _ERFC_P[i]
         q = q * b + _ERFC_Q[i]
-    r = tl.zeros_like(b)
-    s = tl.zeros_like(b)
+    r = _zeros(b)
+    s = _zeros(b)
     for i in tl.static_range(7):
         r = r * b + _ERFC_R[i]
         s = s * b + _ERFC_S[i]
@@ -743,6 +751,8 @@ def _interpreted(impls: dict[str, Any]) -> dict[str, Any]:
     this module was imported.  If that happened before ``TRITON_INTERPRET``
     was set, re-wrap the module's jit functions now; nested helpers are looked
     up by global name at call time, so rebinding the globals covers them too.
+    (Triton's own jit'd stdlib, e.g. ``tl.zeros_like``, has no such rescue:
+    set ``TRITON_INTERPRET`` before importing triton anyway.)
     """
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
@@ -758,31 +768,37 @@ def _interpreted(impls: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_tensor(value: Any, like: Any) -> Any:
-    """Lift a Python scalar argument (e.g. a constexpr) into a tensor, since the
-    implementations read ``.dtype`` where libdevice would have cast."""
+    """Lift a Python scalar argument (e.g. a constexpr) into a tensor shaped like
+    the tensor argument: the implementations read ``.dtype`` where libdevice
+    would have cast, and the interpreter mishandles ``&`` of a 0-d int1 tensor
+    with a block, so everything stays block-shaped."""
     if isinstance(value, tl.tensor):
         return value
     if isinstance(value, tl.constexpr):
         value = value.value
+    shape = like.shape if like is not None else []
     if isinstance(value, bool):
-        return tl.full([], value, tl.int1)
+        return tl.full(shape, value, tl.int1)
     if isinstance(value, float):
         dtype = like.dtype if like is not None and like.dtype.is_floating() else tl.float32
-        return tl.full([], value, dtype)
+        return tl.full(shape, value, dtype)
     if isinstance(value, int):
-        return tl.full([], value, tl.int32 if -(2**31) <= value < 2**31 else tl.int64)
+        return tl.full(shape, value, tl.int32 if -(2**31) <= value < 2**31 else tl.int64)
     return value
 
 
 def _routed(name: str, impl: Any) -> Callable[..., Any]:
+    import numpy as np  # the interpreter needs it anyway; GPU mode never gets here
+
     def libdevice_function(*args: Any, **kwargs: Any) -> Any:
         kwargs.pop("_semantic", None)  # what compiled-mode extern calls pass along
         like = next((a for a in args if isinstance(a, tl.tensor)), None)
         args = tuple(_as_tensor(a, like) for a in args)
+        if len(args) == 2 and all(isinstance(a, tl.tensor) for a in args):
+            if list(args[0].shape) != list(args[1].shape):
+                args = tuple(tl.broadcast(*args))
         # The implementations evaluate branches they then discard (tl.where),
         # so numpy would warn about overflows nobody sees on a GPU.
-        import numpy as np
-
         with np.errstate(all="ignore"):
             return impl(*args, **kwargs)
 
