@@ -45,3 +45,21 @@ def matmul_args(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 def softmax_args() -> tuple[torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return (torch.randn(32, 64, generator=gen),)
+
+
+def add_inplace_args() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    return (torch.randn(32, 32, generator=gen), torch.randn(32, 32, generator=gen))
+
+
+def _eager_add_inplace(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x += y
+    return x
+
+
+ARGS = {"matmul": lambda: matmul_args(32), "softmax": softmax_args, "add_inplace": add_inplace_args}
+EAGER = {
+    "matmul": lambda x, y: x @ y,
+    "softmax": lambda x: torch.softmax(x, dim=1),
+    "add_inplace": _eager_add_inplace,
+}

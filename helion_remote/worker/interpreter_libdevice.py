@@ -121,6 +121,7 @@ _ERFC_S = (
 
 
 # --- classification and sign helpers ------------------------------------------------
+# (Unannotated on purpose: Triton gives parameter annotations meaning, e.g. constexpr.)
 
 
 @triton.jit

@@ -88,6 +88,28 @@ class CompileOutcome:
     fatal: bool = False
 
 
+INTERPRETER_NUM_SM = 4
+"""Persistent kernels size their grid from ``helion.runtime.get_num_sm``,
+which refuses CPU tensors; under the interpreter a small fixed "SM count"
+lets those configs run (and be checked) like any other."""
+
+
+def _install_interpreter_num_sm() -> None:
+    import helion.runtime
+
+    original = helion.runtime.get_num_sm
+    if getattr(original, "_helion_remote_interpreter", False):
+        return
+
+    def get_num_sm(device: torch.device, *, reserved_sms: int = 0) -> int:
+        if device.type == "cpu":
+            return max(1, INTERPRETER_NUM_SM - reserved_sms)
+        return original(device, reserved_sms=reserved_sms)
+
+    get_num_sm._helion_remote_interpreter = True  # type: ignore[attr-defined]
+    helion.runtime.get_num_sm = get_num_sm
+
+
 def interpreter_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -143,6 +165,7 @@ class WorkerRuntime:
             from .interpreter_libdevice import install_interpreter_libdevice
 
             install_interpreter_libdevice()
+            _install_interpreter_num_sm()
         self.device = device or ("cpu" if self.interpreter or not torch.cuda.is_available() else "cuda:0")
         self.cpu_max_reps = cpu_max_reps or int(os.environ.get(CPU_MAX_REPS_ENV, CPU_MAX_REPS_DEFAULT))
         self.sticky = False
@@ -400,14 +423,22 @@ class WorkerRuntime:
                 raise failure from error
 
     def _classify(self, error: BaseException, captured: str = "") -> _KernelFailure:
-        """Helion's policy: ``raise`` is fatal; unrecoverable device errors poison the process."""
+        """Helion's policy: ``raise`` is fatal; unrecoverable device errors poison the process.
+
+        Under the Triton interpreter only code that cannot load (syntax or
+        import errors) is fatal: the interpreter rejects some configs a GPU
+        compiles (its own limitations), so a run failure there says nothing
+        about the kernel and the config is only skipped.
+        """
         if hc.match_unrecoverable_runtime_error(error):
             self.sticky = True
         try:
             action = hc.classify_triton_exception(error)
         except Exception:  # pragma: no cover - classification must never lose a job
             action = "raise"
-        return _KernelFailure("error", _message(error, captured), type(error).__qualname__, fatal=action == "raise")
+        return _KernelFailure("error", _message(error, captured), type(error).__qualname__,
+                              fatal=action == "raise"
+                              and (not self.interpreter or isinstance(error, (SyntaxError, ImportError))))
 
     def _accuracy_problem(
         self, session: _Session, output: object, args: list[object], job: BenchmarkJob
