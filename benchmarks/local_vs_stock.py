@@ -1,0 +1,142 @@
+"""Stock Helion vs helion-remote's ``local`` backend on one GPU, in one run.
+
+Both tune the same 4096^3 fp16 matmul with the same algorithm
+(PatternSearch, full effort), random seed and time budget.  Prints configs/s,
+the best latency each search reported, both winners re-timed side by side in
+this process (interleaved, median), cuBLAS for reference, the ratios, and a
+correctness check of each winner against torch.matmul.
+
+    python benchmarks/local_vs_stock.py [--budget 150] [--effort full] [--size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import helion
+import helion.language as hl
+
+
+@helion.kernel(static_shapes=True)
+def matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    m, k = x.size()
+    _k, n = y.size()
+    out = torch.empty([m, n], dtype=x.dtype, device=x.device)
+    for tile_m, tile_n in hl.tile([m, n]):
+        acc = hl.zeros([tile_m, tile_n], dtype=torch.float32)
+        for tile_k in hl.tile(k):
+            acc = torch.addmm(acc, x[tile_m, tile_k], y[tile_k, tile_n])
+        out[tile_m, tile_n] = acc.to(x.dtype)
+    return out
+
+
+def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int) -> dict[str, object]:
+    from helion.autotuner import PatternSearch
+    from helion.autotuner.effort_profile import get_effort_profile
+
+    kernel = helion.kernel(matmul.fn, static_shapes=True, autotune_effort=effort,
+                           autotune_budget_seconds=budget, autotune_random_seed=seed)
+    bound = kernel.bind(args)
+    profile = get_effort_profile(effort)
+    search = PatternSearch(bound, args, **PatternSearch.get_kwargs_from_profile(profile, bound.settings))
+    start = time.perf_counter()
+    config = search.autotune()
+    wall = time.perf_counter() - start
+    metrics = search._autotune_metrics
+    return {"config": config, "wall_s": wall, "configs": metrics.num_configs_tested,
+            "reported_ms": float(getattr(search, "best_perf_so_far", float("nan")))}
+
+
+def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int]) -> dict[str, object]:
+    import helion_remote
+    from helion_remote.backends.local import LocalExecutor
+
+    executor = LocalExecutor(devices=devices)
+    start = time.perf_counter()
+    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
+                                    autotune_budget_seconds=budget, autotune_random_seed=seed)
+    wall = time.perf_counter() - start
+    executor.close()
+    return {"config": result.config, "wall_s": wall, "configs": result.stats["configs_measured"],
+            "reported_ms": result.best_ms, "stats": result.stats}
+
+
+def retime(configs: dict[str, helion.Config], args: tuple[torch.Tensor, ...], rounds: int = 5) -> dict[str, float]:
+    """Interleaved median of do_bench medians: one process, one GPU, same inputs."""
+    from triton.testing import do_bench
+
+    fns = {"cublas": lambda: torch.matmul(*args)}
+    for name, config in configs.items():
+        compiled = helion.kernel(matmul.fn, config=config, static_shapes=True)
+        compiled(*args)
+        fns[name] = lambda compiled=compiled: compiled(*args)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for index in range(rounds):
+        order = list(fns) if index % 2 == 0 else list(reversed(fns))
+        for name in order:
+            samples[name].append(do_bench(fns[name], warmup=50, rep=300, return_mode="median"))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def check_correct(config: helion.Config, args: tuple[torch.Tensor, ...]) -> float:
+    compiled = helion.kernel(matmul.fn, config=config, static_shapes=True)
+    out = compiled(*args).float()
+    ref = torch.matmul(args[0].float(), args[1].float())
+    error = ((out - ref).norm() / ref.norm()).item()
+    assert error < 1e-2, f"tuned config is wrong: relative error {error}"
+    return error
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=150)
+    parser.add_argument("--effort", default="full")
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    options = parser.parse_args()
+    import importlib.metadata as md
+
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, helion {md.version('helion') if 'helion' in {d.metadata['Name'] for d in md.distributions()} else helion.__file__}, "
+          f"python {platform.python_version()}", flush=True)
+    torch.manual_seed(options.seed)
+    args = tuple(torch.randn(options.size, options.size, device="cuda", dtype=torch.float16) for _ in range(2))
+    runs: dict[str, dict[str, object]] = {}
+    if not options.skip_stock:
+        runs["stock"] = run_stock(args, options.budget, options.effort, options.seed)
+        print(f"stock done: {runs['stock']['configs']} configs in {runs['stock']['wall_s']:.1f}s", flush=True)
+    runs["remote"] = run_remote(args, options.budget, options.effort, options.seed, devices=[0])
+    print(f"remote done: {runs['remote']['configs']} configs in {runs['remote']['wall_s']:.1f}s", flush=True)
+    timed = retime({name: run["config"] for name, run in runs.items()}, args)
+    errors = {name: check_correct(run["config"], args) for name, run in runs.items()}
+    print(f"\n{'run':<8}{'configs':>9}{'wall s':>9}{'configs/s':>11}{'reported ms':>13}{'re-timed ms':>13}{'rel err':>10}")
+    for name, run in runs.items():
+        rate = run["configs"] / run["wall_s"]
+        run["configs_per_s"] = rate
+        run["retimed_ms"] = timed[name]
+        print(f"{name:<8}{run['configs']:>9}{run['wall_s']:>9.1f}{rate:>11.2f}{run['reported_ms']:>13.4f}{timed[name]:>13.4f}{errors[name]:>10.1e}")
+    print(f"{'cublas':<8}{'':>9}{'':>9}{'':>11}{'':>13}{timed['cublas']:>13.4f}")
+    if "stock" in runs:
+        speed = runs["remote"]["configs_per_s"] / runs["stock"]["configs_per_s"]
+        latency = timed["remote"] / timed["stock"]
+        print(f"\nconfigs/s ratio remote/stock: {speed:.2f}x (target >= 2.0)  "
+              f"re-timed best latency ratio remote/stock: {latency:.4f} (target <= 1.01)")
+    print("remote stats:", json.dumps(runs["remote"]["stats"]))
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump({name: {k: (str(v) if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
+                      | {"cublas_ms": timed["cublas"]}, handle, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
