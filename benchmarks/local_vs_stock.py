@@ -66,7 +66,25 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
     wall = time.perf_counter() - start
     executor.close()
     return {"config": result.config, "wall_s": wall, "configs": result.stats["configs_measured"],
-            "reported_ms": result.best_ms, "stats": result.stats}
+            "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline_summary(result.records, wall)}
+
+
+def pipeline_summary(records: list[dict[str, object]], wall_s: float) -> dict[str, float]:
+    """Where the time went: GPU-stage busy fraction and stage durations."""
+    gpu = [r for r in records if "gpu" in str(r["worker_id"]) and r["finished_at"] and r["started_at"]]
+    stage = sorted(float(r["finished_at"]) - float(r["started_at"]) for r in gpu)
+    compile_s = sorted(float(r["compile_time_s"]) for r in records if r["compile_time_s"] is not None)
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+    return {
+        "gpu_jobs": len(gpu),
+        "gpu_busy_fraction": sum(stage) / wall_s if wall_s else float("nan"),
+        "gpu_stage_s_p50": pct(stage, 0.5), "gpu_stage_s_p90": pct(stage, 0.9),
+        "compile_s_p50": pct(compile_s, 0.5), "compile_s_p90": pct(compile_s, 0.9),
+        "compile_s_sum": sum(compile_s),
+    }
 
 
 def retime(configs: dict[str, helion.Config], args: tuple[torch.Tensor, ...], rounds: int = 5) -> dict[str, float]:
@@ -132,6 +150,7 @@ def main() -> None:
         print(f"\nconfigs/s ratio remote/stock: {speed:.2f}x (target >= 2.0)  "
               f"re-timed best latency ratio remote/stock: {latency:.4f} (target <= 1.01)")
     print("remote stats:", json.dumps(runs["remote"]["stats"]))
+    print("remote pipeline:", json.dumps(runs["remote"]["pipeline"]))
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({name: {k: (str(v) if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}

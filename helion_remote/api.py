@@ -35,6 +35,8 @@ class AutotuneResult:
     backend: str
     algorithm: str
     kernel_name: str
+    records: list[dict[str, object]] = dataclasses.field(default_factory=list, repr=False)
+    """Every job result of the run (status, perf, compile time, worker, timestamps)."""
 
     def __str__(self) -> str:
         return f"{self.kernel_name}: {self.best_ms:.4f} ms on {self.backend}\n{self.decorator}"
@@ -197,6 +199,7 @@ def autotune(
         backend=getattr(executor, "name", type(executor).__name__),
         algorithm=algorithm_cls.__name__,
         kernel_name=bound.kernel.name,
+        records=list(stats.records),
     )
     if print_result:
         print(

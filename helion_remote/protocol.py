@@ -195,7 +195,11 @@ class RemoteSession(Protocol):
     spec: SessionSpec
 
     def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
-        """Run ``jobs``; yield exactly one result per job in completion order.
+        """Start ``jobs`` now; the iterator yields one result per job in completion order.
+
+        Jobs must be running when ``submit`` returns (not when the iterator is
+        first consumed): the coordinator submits a batch in chunks as it
+        generates code, then drains the iterators.
 
         Infrastructure trouble is a result with ``status='infra_error'`` (the
         caller retries it), not an exception.  Raise only when the whole

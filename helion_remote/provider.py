@@ -16,12 +16,12 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _helion_compat as compat
 from .codegen import config_to_dict, kernel_source
-from .dispatch import run_jobs
+from .dispatch import growing_chunks, run_jobs
 from .protocol import (
     BenchmarkJob,
     JobResult,
@@ -163,38 +163,43 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             for c in configs
         ]
         jobs: dict[str, tuple[int, BenchmarkJob, RemoteKernel]] = {}
-        for index, config in enumerate(configs):
-            if self.budget_exceeded_fn():
-                break
-            started = time.perf_counter()
-            try:
-                source = kernel_source(self.kernel, config)
-            except Exception as error:
-                ctx.stats.codegen_failures += 1
-                ctx.stats.failures["error"] += 1
-                self._record_compile_failure(config)
-                self.log.warning(f"Skipping config that failed code generation: {config!r}: {error}")
-                results[index] = results[index]._replace(completed_at=time.perf_counter())
-                if not jobs and index == len(configs) - 1 and self._nothing_measured():
-                    if raise_if_no_viable_config:
-                        raise
-                    self._no_viable_config_error = error
-                continue
-            finally:
-                ctx.stats.codegen_s += time.perf_counter() - started
-            job = BenchmarkJob(
-                job_id=ctx.next_job_id(),
-                kernel=source,
-                args_digest=ctx.args_digest,
-                baseline_digest=session.spec.baseline_digest,
-                tolerances=session.spec.tolerances,
-                compile_timeout_s=float(self.settings.autotune_compile_timeout),
-                run_timeout_s=float(self.settings.autotune_benchmark_timeout),
-                config=config_to_dict(config),
-            )
-            jobs[job.job_id] = (index, job, RemoteKernel(source, config))
-        if not jobs:
-            return results
+        state = {"raise": None}
+
+        def generate() -> Iterator[BenchmarkJob]:
+            """Codegen one config at a time, so early chunks reach workers sooner."""
+            for index, config in enumerate(configs):
+                if self.budget_exceeded_fn():
+                    return
+                started = time.perf_counter()
+                try:
+                    source = kernel_source(self.kernel, config)
+                except Exception as error:
+                    ctx.stats.codegen_failures += 1
+                    ctx.stats.failures["error"] += 1
+                    self._record_compile_failure(config)
+                    self.log.warning(f"Skipping config that failed code generation: {config!r}: {error}")
+                    results[index] = results[index]._replace(completed_at=time.perf_counter())
+                    if not jobs and index == len(configs) - 1 and self._nothing_measured():
+                        if raise_if_no_viable_config:
+                            state["raise"] = error
+                            return
+                        self._no_viable_config_error = error
+                    continue
+                finally:
+                    ctx.stats.codegen_s += time.perf_counter() - started
+                job = BenchmarkJob(
+                    job_id=ctx.next_job_id(),
+                    kernel=source,
+                    args_digest=ctx.args_digest,
+                    baseline_digest=session.spec.baseline_digest,
+                    tolerances=session.spec.tolerances,
+                    compile_timeout_s=float(self.settings.autotune_compile_timeout),
+                    run_timeout_s=float(self.settings.autotune_benchmark_timeout),
+                    config=config_to_dict(config),
+                )
+                jobs[job.job_id] = (index, job, RemoteKernel(source, config))
+                yield job
+
         done = 0
 
         def report(result: JobResult) -> None:
@@ -205,11 +210,13 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
 
         finals = run_jobs(
             session,
-            [job for _, job, _ in jobs.values()],
+            growing_chunks(generate()),
             stats=ctx.stats,
             max_infra_retries=ctx.max_infra_retries,
             on_result=report,
         )
+        if state["raise"] is not None:
+            raise state["raise"]
         for job_id, (index, _job, handle) in jobs.items():
             results[index] = self._to_helion(configs[index], handle, finals[job_id])
         return results

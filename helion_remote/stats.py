@@ -21,9 +21,25 @@ class RunStats:
     retime_workers: set[str] = dataclasses.field(default_factory=set)
     workers_used: set[str] = dataclasses.field(default_factory=set)
     devices_used: set[str] = dataclasses.field(default_factory=set)
+    records: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    """One row per job result (retried infra failures included): the run's journal."""
     codegen_s: float = 0.0
     wall_s: float = 0.0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def record(self, result: object) -> None:
+        with self._lock:
+            self.records.append(
+                {
+                    "job_id": result.job_id,
+                    "status": result.status,
+                    "perf_ms": result.perf_ms,
+                    "compile_time_s": result.compile_time_s,
+                    "worker_id": result.worker_id,
+                    "started_at": result.started_at,
+                    "finished_at": result.finished_at,
+                }
+            )
 
     def to_dict(self) -> dict[str, object]:
         return {

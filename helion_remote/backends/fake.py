@@ -311,7 +311,12 @@ class FakeSession:
         if self._closed:
             raise RuntimeError("session is closed")
         pool = self._executor._executor()
+        # Start now, like a real backend: the protocol says submit() launches.
         pending: set[Future[JobResult]] = {pool.submit(self._executor._run, self.spec, job) for job in jobs}
+        return self._stream(pending)
+
+    @staticmethod
+    def _stream(pending: set[Future[JobResult]]) -> Iterator[JobResult]:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
