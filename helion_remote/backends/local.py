@@ -353,13 +353,36 @@ def _visible_gpus(devices: Sequence[int] | None) -> list[tuple[int, str, int]]:
     import torch
 
     if not torch.cuda.is_available():
-        return []
+        # A coordinator may hide the GPUs from itself (CUDA_VISIBLE_DEVICES="")
+        # and still drive workers on them: ask a probe process that sees them.
+        return _probe_gpus(devices) if devices else []
     indices = list(devices) if devices is not None else list(range(torch.cuda.device_count()))
     out = []
     for i in indices:
         props = torch.cuda.get_device_properties(i)
         out.append((i, props.name, int(props.total_memory)))
     return out
+
+
+def _probe_gpus(devices: Sequence[int]) -> list[tuple[int, str, int]]:
+    """``_visible_gpus`` for physical ``devices`` the calling process cannot see."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, torch\n"
+        "print(json.dumps([[torch.cuda.get_device_properties(i).name, torch.cuda.get_device_properties(i).total_memory]"
+        " for i in range(torch.cuda.device_count())]))"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"could not probe GPUs {list(devices)}: {proc.stderr.strip()[-500:]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    if len(found) != len(devices):
+        raise ValueError(f"devices={list(devices)} asked for, but only {len(found)} of them exist on this host")
+    return [(d, name, int(mem)) for d, (name, mem) in zip(devices, found)]
 
 
 _LIVE: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()

@@ -1,0 +1,68 @@
+"""How the ``local`` backend scales across the GPUs of one host, in one run.
+
+The 4096^3 fp16 matmul is tuned with the same algorithm (PatternSearch, full
+effort), seed and time budget on 1 GPU and on N GPUs.  Prints configs/s on
+each, the ratio against the 0.9 x N target, both winners re-timed side by
+side on GPU 0, and which worker re-timed the finalists (always one).
+
+    python benchmarks/scaling.py [--gpus N] [--budget 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+from local_vs_stock import check_correct, retime, run_remote  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    parser.add_argument("--budget", type=int, default=150)
+    parser.add_argument("--effort", default="full")
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    options = parser.parse_args()
+    if options.gpus < 2:
+        raise SystemExit(f"scaling needs 2 or more GPUs; this host shows {torch.cuda.device_count()}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
+    torch.manual_seed(options.seed)
+    args = tuple(torch.randn(options.size, options.size, device="cuda", dtype=torch.float16) for _ in range(2))
+    runs = {
+        "1gpu": run_remote(args, options.budget, options.effort, options.seed, devices=[0]),
+        f"{options.gpus}gpu": run_remote(args, options.budget, options.effort, options.seed,
+                                         devices=list(range(options.gpus))),
+    }
+    timed = retime({name: run["config"] for name, run in runs.items()}, args)
+    for run in runs.values():
+        check_correct(run["config"], args)
+    print(f"\n{'run':<8}{'configs':>9}{'wall s':>9}{'configs/s':>11}{'reported ms':>13}{'re-timed ms':>13}  finalists re-timed on")
+    for name, run in runs.items():
+        run["configs_per_s"] = run["configs"] / run["wall_s"]
+        run["retimed_ms"] = timed[name]
+        print(f"{name:<8}{run['configs']:>9}{run['wall_s']:>9.1f}{run['configs_per_s']:>11.2f}"
+              f"{run['reported_ms']:>13.4f}{timed[name]:>13.4f}  {run['stats']['retime_workers']}")
+        print(f"         pipeline: {json.dumps(run['pipeline'])}")
+    one, many = runs["1gpu"], runs[f"{options.gpus}gpu"]
+    speedup = many["configs_per_s"] / one["configs_per_s"]
+    print(f"\nconfigs/s {options.gpus} GPUs / 1 GPU: {speedup:.2f}x (target >= {0.9 * options.gpus:.2f}); "
+          f"re-timed best latency {options.gpus} GPUs / 1 GPU: {many['retimed_ms'] / one['retimed_ms']:.4f} (target <= 1.0)")
+    print(f"cuBLAS re-timed: {timed['cublas']:.4f} ms")
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump({name: {k: (str(v) if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
+                      | {"cublas_ms": timed["cublas"]}, handle, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
