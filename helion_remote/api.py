@@ -17,6 +17,7 @@ from .adapter import remote_mode, resolve_algorithm, search_factory
 from .argcodec import upload_args
 from .backends import create_executor, resolve_backend_name
 from .codegen import kernel_source
+from .progress import ProgressLine
 from .protocol import RemoteBenchmarkExecutor
 from .provider import RemoteContext, bind_provider
 from .stats import RunStats
@@ -108,6 +109,7 @@ def _close_shared_executors() -> None:
 
 
 def _make_context(executor: RemoteBenchmarkExecutor, args: Sequence[object], stats: RunStats, **kw: Any) -> RemoteContext:
+    """Upload the arguments (once per content) and bundle what the providers share."""
     upload = upload_args(executor.blob_store, args)
     stats.blob_bytes_uploaded += upload.bytes_uploaded
     stats.blob_puts += upload.puts
@@ -123,7 +125,8 @@ def autotuner_fn(bound_kernel: Any, args: Sequence[object], **kwargs: object) ->
     """
     algorithm = resolve_algorithm(None)
     executor = shared_executor(None)
-    context = _make_context(executor, args, RunStats())
+    progress = ProgressLine() if bound_kernel.settings.autotune_progress_bar else None
+    context = _make_context(executor, args, RunStats(), progress=progress)
     factory = search_factory(bound_kernel, args, algorithm, **kwargs)
     return RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
 
@@ -180,7 +183,8 @@ def autotune(
     private = _private_kernel(kernel, effort, settings)
     bound = private.bind(args)
     stats = RunStats()
-    context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries)
+    progress = ProgressLine() if bound.settings.autotune_progress_bar else None
+    context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
     factory = search_factory(bound, args, algorithm_cls, **(algorithm_options or {}))
     provider_cls = bind_provider(context)
     if bound.settings.autotune_effort == "none":

@@ -67,7 +67,7 @@ class RemoteContext:
     stats: RunStats
     max_infra_retries: int = 3
     target_fingerprint: str | None = None
-    progress: Callable[[str], None] | None = None
+    progress: Callable[..., None] | None = None
     last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Latest timing per config key: batch timings, overwritten by finalist re-timing."""
     _job_counter: itertools.count = dataclasses.field(default_factory=itertools.count)
@@ -202,11 +202,14 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
 
         done = 0
 
+        failed = 0
+
         def report(result: JobResult) -> None:
-            nonlocal done
+            nonlocal done, failed
             done += 1
+            failed += result.status != "ok"
             if ctx.progress is not None:
-                ctx.progress(f"{desc}: {done}/{len(jobs)}")
+                ctx.progress(f"{desc.rstrip(': ')}: {done}/{len(jobs)} measured, {failed} failed", final=done == len(jobs))
 
         finals = run_jobs(
             session,
