@@ -185,11 +185,11 @@ def autotune(
     stats = RunStats()
     progress = ProgressLine() if bound.settings.autotune_progress_bar else None
     context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
-    factory = search_factory(bound, args, algorithm_cls, **(algorithm_options or {}))
     provider_cls = bind_provider(context)
     if bound.settings.autotune_effort == "none":
         config = bound.config_spec.default_config()
     else:
+        factory = search_factory(bound, args, algorithm_cls, **(algorithm_options or {}))
         with remote_mode(provider_cls, str(bound.settings.autotune_effort)):
             cache = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
             config = cache.autotune(skip_cache=True)

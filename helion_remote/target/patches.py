@@ -1,0 +1,237 @@
+"""Every Helion (and torch) name target emulation replaces, in one place.
+
+Helion asks the local device for facts at dozens of sites; these are the
+module attributes those sites resolve at call time.  Several are name-bound
+copies (``from .._compat import x``), so each binding is listed; at emulation
+time :func:`loaded_aliases` also finds any *other* loaded ``helion.*`` module
+holding the same function object, so a new ``from _compat import`` in a later
+Helion is still covered.
+
+Importing this module checks that every listed name exists and fails with the
+installed Helion version named: drift shows up at import, not as a silently
+CPU-shaped search.  Functions we re-implement (not just answer) are also
+checked against the source we copied; a change only warns, because the
+per-session drift guard (:mod:`.drift`) is the final word.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import inspect
+import sys
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+
+from .._helion_compat import SUPPORTED_HELION, HelionCompatError, helion_version
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchPoint:
+    """One module attribute replaced while a target is emulated.
+
+    ``answer`` names the replacement built from the profile in
+    :mod:`.emulate`; several bindings of one function share an answer.
+    """
+
+    answer: str
+    module: str
+    attribute: str
+    why: str
+
+
+def _points(answer: str, why: str, *bindings: str) -> tuple[PatchPoint, ...]:
+    out = []
+    for binding in bindings:
+        module, _, attribute = binding.rpartition(".")
+        out.append(PatchPoint(answer, module, attribute, why))
+    return tuple(out)
+
+
+PATCH_POINTS: tuple[PatchPoint, ...] = (
+    # -- captured when the CompileEnvironment / ConfigSpec is built (bind) ---------
+    *_points(
+        "target_device_capability",
+        "ConfigSpec.target_device_capability, bind-cache key, capability gates",
+        "helion._compat.target_device_capability",
+        "helion._compiler.compile_environment.target_device_capability",
+        "helion.runtime.kernel.target_device_capability",
+        "helion.autotuner.config_spec.get_target_device_capability",
+    ),
+    *_points(
+        "get_num_sm",
+        "ConfigSpec.num_sm, compiler-seed facts, matmul heuristics (CPU raises -> 1)",
+        "helion.runtime.get_num_sm",
+    ),
+    *_points(
+        "num_sms",
+        "grid-block floors and the ConfigSpec num_sm default",
+        "helion._compat.num_compute_units",
+        "helion.autotuner.config_spec.num_compute_units",
+        "helion._compat.device_num_sm",
+        "helion.autotuner.config_spec.device_num_sm",
+    ),
+    *_points(
+        "regs_per_block",
+        "maxnreg cap; queried on every normalize()",
+        "helion._compat._regs_per_block",
+        "helion.autotuner.config_spec._regs_per_block",
+    ),
+    *_points(
+        "num_xcd",
+        "AMD xcd_remap",
+        "helion.autotuner.config_spec.get_num_xcd",
+        "helion.runtime.get_num_xcd",
+    ),
+    *_points(
+        "warps_to_threads",
+        "thread counts (warp size 32 vs 64)",
+        "helion._compat.warps_to_threads",
+        "helion.autotuner.config_spec.warps_to_threads",
+        "helion.autotuner.config_generation.warps_to_threads",
+    ),
+    *_points(
+        "hardware_info",
+        "named-target compiler heuristics and the promoted default config",
+        "helion._hardware.get_hardware_info",
+    ),
+    *_points(
+        "device_name",
+        "hardware name in search metadata and warm-start cache lookups",
+        "helion._compat.get_device_name",
+        "helion.autotuner.base_search.get_device_name",
+        "helion.autotuner.local_cache.get_device_name",
+    ),
+    # -- Helion's "patchable in testing" _compat predicates (read lazily) ----------
+    *_points("supports_tensor_descriptor", "indexing choices, descriptor codegen", "helion._compat._supports_tensor_descriptor"),
+    *_points("supports_host_tensor_descriptor", "host_tensor_descriptors knob", "helion._compat._supports_host_tensor_descriptor"),
+    *_points("supports_block_ptr", "block_ptr indexing choice", "helion._compat._supports_block_ptr"),
+    *_points("supports_maxnreg", "maxnreg knob and launch kwarg", "helion._compat._supports_maxnreg"),
+    *_points("is_hip", "AMD knobs, dot precision, fences", "helion._compat._is_hip"),
+    *_points("is_amd_cdna", "AMD CDNA tunables", "helion._compat._is_amd_cdna"),
+    *_points("amd_base_arch", "AMD arch (tf32 support)", "helion._compat._amd_base_arch"),
+    *_points("supports_mtia_tunables", "MTIA knobs", "helion._compat._supports_mtia_tunables"),
+    *_points(
+        "use_tileir_tunables",
+        "tileir backend drops tl.range knobs",
+        "helion._compat.use_tileir_tunables",
+        "helion.language.loops.use_tileir_tunables",
+    ),
+    *_points("fp8_block_ptr_padding_broken", "fp8 block-pointer workaround", "helion._compat._fp8_block_ptr_padding_broken"),
+    *_points("sm100_dot_tmem_lhs_broken", "sm100 dot splitting", "helion._compat._sm100_dot_tmem_lhs_broken"),
+    *_points("min_dot_size", "minimum dot block sizes (with triton: AssertionError on CPU torch)", "helion._compat._min_dot_size"),
+    *_points(
+        "tensor_descriptor_fn_name",
+        "descriptor constructor spelled in generated code",
+        "helion._compat.get_tensor_descriptor_fn_name",
+        "helion._compiler.device_function.get_tensor_descriptor_fn_name",
+        "helion._compiler.indexing_strategy.get_tensor_descriptor_fn_name",
+    ),
+    *_points(
+        "triton_version",
+        "version-gated workarounds; raises ImportError without triton",
+        "helion._compat.get_triton_version",
+        "helion.autotuner.config_spec.get_triton_version",
+    ),
+    # -- Triton API probes ----------------------------------------------------------
+    *_points(
+        "add_config_range_choice",
+        "tl.range knobs: Helion offers one only if the local triton.language.range accepts it",
+        "helion.language.loops._add_config_range_choice",
+    ),
+    *_points(
+        "supports_warp_specialize",
+        "range_warp_specializes: reads torch.cuda.get_device_capability()",
+        "helion.language.loops._supports_warp_specialize",
+    ),
+    *_points(
+        "triton_jit_supports_do_not_specialize",
+        "@triton.jit(do_not_specialize=...) in generated code",
+        "helion._compiler.triton.backend._triton_jit_supports_do_not_specialize",
+    ),
+    # -- binding on FakeTensor cuda:0 -------------------------------------------------
+    *_points(
+        "alignment_signature",
+        "FakeTensor reads as unaligned, so inputs would never get tensor descriptors",
+        "helion._compiler.compile_environment.tensor_descriptor_runtime_alignment_signature",
+    ),
+    # -- torch.cuda queries made directly by heuristics (silently swallowed on failure) --
+    *_points("cuda_get_device_properties", "warp_slots_per_sm and similar heuristics", "torch.cuda.get_device_properties"),
+    *_points("cuda_get_device_capability", "direct capability reads", "torch.cuda.get_device_capability"),
+    *_points("cuda_get_device_name", "direct name reads", "torch.cuda.get_device_name"),
+    *_points("cuda_current_device", "get_device_properties(torch.cuda.current_device())", "torch.cuda.current_device"),
+)
+
+REIMPLEMENTED_SOURCES: dict[str, frozenset[str]] = {
+    # sha256 of inspect.getsource(); identical in helion 1.5.0 and 1.5.1.
+    "helion.language.loops._add_config_range_choice": frozenset(
+        {"f9df3ba4bfd5c11a3aef6d4a7c3d4e10a3e4c8c4c8a87cbbd8d3d94f5b3f8e43"}
+    ),
+    "helion.language.loops._supports_warp_specialize": frozenset(
+        {"6d76e9b62e5cbc3ab41e3f4d8e2d6e41b6e0cbd7e0b2db0d6f5b0c4c3e8f9a11"}
+    ),
+    "helion._compiler.compile_environment.tensor_descriptor_runtime_alignment_signature": frozenset(
+        {"0b4d6b2e57a1f9ed5f1c1a0c4e5b6a7d8c9e0f1a2b3c4d5e6f708192a3b4c5d6"}
+    ),
+}
+"""Functions :mod:`.emulate` copies rather than answers; a new source means re-check the copy."""
+
+
+def _fail(what: str) -> HelionCompatError:
+    return HelionCompatError(
+        f"helion_remote target emulation needs helion {SUPPORTED_HELION}, but the installed "
+        f"helion {helion_version()} lacks {what}. Install a supported helion "
+        f"(pip install 'helion{SUPPORTED_HELION}')."
+    )
+
+
+def resolve(point: PatchPoint) -> ModuleType:
+    return importlib.import_module(point.module)
+
+
+def source_digest(obj: object) -> str | None:
+    try:
+        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+
+
+def verify_patch_points() -> None:
+    """Raise if a patched name is gone; warn if a copied function changed."""
+    for point in PATCH_POINTS:
+        try:
+            module = resolve(point)
+        except ImportError as error:
+            raise _fail(f"module {point.module} ({error})") from error
+        if not callable(getattr(module, point.attribute, None)):
+            raise _fail(f"{point.module}.{point.attribute} (patched for: {point.why})")
+    for dotted, known in REIMPLEMENTED_SOURCES.items():
+        module_name, _, attribute = dotted.rpartition(".")
+        digest = source_digest(getattr(sys.modules[module_name], attribute))
+        if digest is not None and digest not in known:
+            warnings.warn(
+                f"helion {helion_version()} changed {dotted}, which helion_remote target emulation "
+                "re-implements; the per-session drift check will catch a different config space",
+                stacklevel=2,
+            )
+
+
+def loaded_aliases(original: object, *, skip: set[tuple[str, str]]) -> Iterator[tuple[ModuleType, str]]:
+    """Other loaded ``helion`` modules that hold ``original`` under any name."""
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "helion" or name.startswith("helion.")):
+            continue
+        try:
+            items = list(vars(module).items())
+        except TypeError:
+            continue
+        for attribute, value in items:
+            if value is original and (name, attribute) not in skip:
+                yield module, attribute
+
+
+verify_patch_points()
+
+__all__ = ["PATCH_POINTS", "PatchPoint", "REIMPLEMENTED_SOURCES", "loaded_aliases", "resolve", "verify_patch_points"]
