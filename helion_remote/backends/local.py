@@ -107,7 +107,11 @@ class LocalExecutor:
             self._compilers = [
                 WorkerHandle(spec(f"local-{host}-compile{j}", gpus[j % len(gpus)][0])) for j in range(n_compile)
             ]
-        per_worker = jobs_in_flight_per_worker or max(2, math.ceil(len(self._compilers) / len(self._devices)) + 1)
+        # In flight per GPU: everything its share of the compile pool is
+        # compiling, plus a buffer of compiled candidates so compile-time
+        # variance never leaves the GPU waiting.
+        compilers_per_gpu = math.ceil(len(self._compilers) / len(self._devices))
+        per_worker = jobs_in_flight_per_worker or max(2, compilers_per_gpu + max(4, compilers_per_gpu // 2))
         self._capacity = per_worker * len(self._devices)
         self._cond = threading.Condition()
         self._pending: collections.deque[_Task] = collections.deque()

@@ -124,9 +124,9 @@ class VolumeBlobStore(_Counters):
             if _is_not_found(error):
                 return False
             raise
-        found = any(_entry_path(e).lstrip("/") == path.lstrip("/") for e in entries)
-        if found and nbytes is not None:
-            found = any(getattr(e, "size", nbytes) == nbytes for e in entries)
+        name = path.rsplit("/", 1)[-1]
+        matches = [e for e in entries if _entry_path(e).rstrip("/").rsplit("/", 1)[-1] == name]
+        found = bool(matches) and (nbytes is None or any(getattr(e, "size", nbytes) == nbytes for e in matches))
         if found:
             with self._present_lock:
                 self._present.add(path)
