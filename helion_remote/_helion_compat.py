@@ -11,18 +11,10 @@ halfway through a search.
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 from typing import Any
 
-SUPPORTED_HELION = ">=1.5.0,<1.6"
-
-
-def helion_version() -> str:
-    try:
-        return importlib.metadata.version("helion")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "unknown"
+from ._versions import SUPPORTED_HELION, helion_version, missing_helion_name
 
 
 class HelionCompatError(ImportError):
@@ -30,11 +22,7 @@ class HelionCompatError(ImportError):
 
 
 def _fail(what: str) -> HelionCompatError:
-    return HelionCompatError(
-        f"helion_remote needs helion {SUPPORTED_HELION}, but the installed helion "
-        f"{helion_version()} lacks {what}. Install a supported helion "
-        f"(pip install 'helion{SUPPORTED_HELION}')."
-    )
+    return HelionCompatError(missing_helion_name("helion_remote", what))
 
 
 try:

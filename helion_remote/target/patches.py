@@ -167,13 +167,13 @@ PATCH_POINTS: tuple[PatchPoint, ...] = (
 REIMPLEMENTED_SOURCES: dict[str, frozenset[str]] = {
     # sha256 of inspect.getsource(); identical in helion 1.5.0 and 1.5.1.
     "helion.language.loops._add_config_range_choice": frozenset(
-        {"f9df3ba4bfd5c11a3aef6d4a7c3d4e10a3e4c8c4c8a87cbbd8d3d94f5b3f8e43"}
+        {"aeb96d92302d373f7e5479e8735a429ee5c298314385b0cba82228f93eae39a4"}
     ),
     "helion.language.loops._supports_warp_specialize": frozenset(
-        {"6d76e9b62e5cbc3ab41e3f4d8e2d6e41b6e0cbd7e0b2db0d6f5b0c4c3e8f9a11"}
+        {"8d605ec376a6826ba15e042097a950c42ede65ed89436aaba779f4ccf95a4bda"}
     ),
     "helion._compiler.compile_environment.tensor_descriptor_runtime_alignment_signature": frozenset(
-        {"0b4d6b2e57a1f9ed5f1c1a0c4e5b6a7d8c9e0f1a2b3c4d5e6f708192a3b4c5d6"}
+        {"edee0ed4ddb2e28dd489389b78b9f869e7c47b615321ec7d3217599fc50b9796"}
     ),
 }
 """Functions :mod:`.emulate` copies rather than answers; a new source means re-check the copy."""

@@ -10,16 +10,7 @@ checked in helion 1.5.0 and 1.5.1.
 
 from __future__ import annotations
 
-import importlib.metadata
-
-SUPPORTED_HELION = ">=1.5.0,<1.6"
-
-
-def helion_version() -> str:
-    try:
-        return importlib.metadata.version("helion")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "unknown"
+from .._versions import SUPPORTED_HELION, helion_version, missing_helion_name
 
 
 class HelionWorkerCompatError(ImportError):
@@ -27,11 +18,7 @@ class HelionWorkerCompatError(ImportError):
 
 
 def _fail(what: str) -> HelionWorkerCompatError:
-    return HelionWorkerCompatError(
-        f"the helion_remote worker needs helion {SUPPORTED_HELION}, but the installed "
-        f"helion {helion_version()} lacks {what}. Install a supported helion "
-        f"(pip install 'helion{SUPPORTED_HELION}')."
-    )
+    return HelionWorkerCompatError(missing_helion_name("the helion_remote worker", what))
 
 
 try:
