@@ -119,7 +119,7 @@ def capture_profile(
     props = torch.cuda.get_device_properties(device)
     tl_range, jit_params, triton_version = _triton_params()
     hardware = dataclasses.asdict(_hardware.get_hardware_info(device))
-    gcn = getattr(props, "gcnArchName", None) or None
+    gcn = (getattr(props, "gcnArchName", None) or None) if torch.version.hip else None
     capability = tuple(torch.cuda.get_device_capability(device))
     return TargetProfile(
         name=name or _default_name(torch.cuda.get_device_name(device)),

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from unittest import mock
@@ -29,7 +32,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import patches
-from .profile import TargetProfile, dtype_key
+from .profile import TargetProfile, dtype_key, load_profile
 
 _LOCK = threading.RLock()
 _ACTIVE: list[TargetProfile] = []
@@ -282,8 +285,6 @@ def _cuda_shim(value: object, original: Callable[..., Any]) -> Callable[..., Any
 
 
 def _cached_functions() -> list[Any]:
-    import sys
-
     found = []
     for name in _LEAK_GUARD_MODULES:
         module = sys.modules.get(name)
@@ -294,13 +295,16 @@ def _cached_functions() -> list[Any]:
 
 
 @contextlib.contextmanager
-def emulate_target(profile: TargetProfile) -> Iterator[Emulation]:
+def emulate_target(profile: TargetProfile | str | os.PathLike[str]) -> Iterator[Emulation]:
     """Answer Helion's device queries from ``profile`` until the block exits.
 
+    ``profile`` is a :class:`TargetProfile`, a built-in name or a JSON path.
     Bind the kernel inside the block on :func:`stand_in_args`, and keep the
     block open for the whole search (codegen and ``normalize`` query lazily).
     Re-entering with the same profile is a no-op; a different one raises.
     """
+    profile = load_profile(profile)
+    _warn_on_version_skew(profile)
     with _LOCK:
         if _ACTIVE:
             if _ACTIVE[-1].fingerprint != profile.fingerprint:
@@ -318,6 +322,20 @@ def emulate_target(profile: TargetProfile) -> Iterator[Emulation]:
             _ACTIVE.append(profile)
             stack.callback(_ACTIVE.pop)
             yield Emulation(profile, tuple(patched))
+
+
+def _warn_on_version_skew(profile: TargetProfile) -> None:
+    """The space is built by *this* Helion; a worker on another one searches another space."""
+    from .._versions import helion_version
+
+    local = helion_version()
+    if profile.helion_version and local != "unknown" and profile.helion_version != local:
+        warnings.warn(
+            f"target profile {profile.name!r} was captured with helion {profile.helion_version}, "
+            f"this coordinator runs helion {local}: config spaces can differ between Helion versions "
+            "(the drift check will say); install the worker's helion here",
+            stacklevel=4,
+        )
 
 
 def _apply(profile: TargetProfile, stack: contextlib.ExitStack) -> list[str]:

@@ -25,7 +25,8 @@ import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
-from .._helion_compat import SUPPORTED_HELION, HelionCompatError, helion_version
+from .._helion_compat import HelionCompatError
+from .._versions import helion_version, missing_helion_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,11 +181,7 @@ REIMPLEMENTED_SOURCES: dict[str, frozenset[str]] = {
 
 
 def _fail(what: str) -> HelionCompatError:
-    return HelionCompatError(
-        f"helion_remote target emulation needs helion {SUPPORTED_HELION}, but the installed "
-        f"helion {helion_version()} lacks {what}. Install a supported helion "
-        f"(pip install 'helion{SUPPORTED_HELION}')."
-    )
+    return HelionCompatError(missing_helion_name("helion_remote target emulation", what))
 
 
 def resolve(point: PatchPoint) -> ModuleType:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -124,12 +125,15 @@ class TargetProfile:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """Pretty JSON with the fingerprint stated (checked again on load)."""
+        data = self.to_dict()
+        data["fingerprint"] = self.fingerprint
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TargetProfile:
         data = dict(data)
-        data.pop("fingerprint", None)  # informational copy in files
+        stated = data.pop("fingerprint", None)  # informational copy in files
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -156,6 +160,12 @@ class TargetProfile:
         missing = sorted(set(COMPAT_PREDICATES) - set(profile.compat))
         if missing:
             raise ProfileError(f"profile {profile.name!r} lacks compat predicates {missing}")
+        if stated is not None and stated != profile.fingerprint:
+            raise ProfileError(
+                f"profile {profile.name!r} states fingerprint {str(stated)[:16]}... but its facts hash to "
+                f"{profile.fingerprint[:16]}...: the file was edited; delete its \"fingerprint\" field "
+                "or re-capture it"
+            )
         return profile
 
     @classmethod
@@ -177,7 +187,7 @@ def builtin_names() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
 
 
-def load_profile(name_or_path: str | Path | TargetProfile) -> TargetProfile:
+def load_profile(name_or_path: str | os.PathLike[str] | TargetProfile) -> TargetProfile:
     """A built-in profile by name (``"h100"``), or a profile JSON file by path."""
     if isinstance(name_or_path, TargetProfile):
         return name_or_path
