@@ -2,8 +2,8 @@
 
 On the GPU (e.g. the H200, to write helion_remote/profiles/h200.json)::
 
-    python benchmarks/capture_target.py --out helion_remote/profiles/h200.json \\
-        --compare-profile helion_remote/profiles/h200.json.spec   # optional, any number
+    PYTHONPATH=<helion 1.5.0> python benchmarks/capture_target.py \\
+        --out helion_remote/profiles/h200.json --compare-profile h200 --compare-profile h100
 
 1. ``capture_profile()`` on the current CUDA device -> ``--out`` (JSON; printed when no ``--out``);
 2. ``config_space_report`` for the probe kernels (matmul 4096^3 fp16, softmax and layer
@@ -12,6 +12,8 @@ On the GPU (e.g. the H200, to write helion_remote/profiles/h200.json)::
    the coordinator-emulated reports computed in a subprocess with
    ``CUDA_VISIBLE_DEVICES=""`` (so it really has no GPU), printed per kernel as MATCH or
    MISMATCH with the differing fields.  Exit status 1 when the captured profile mismatches.
+   ``--compare-profile`` files are read before ``--out`` is written, so ``h200`` above is the
+   spec-sheet profile being replaced.
 
 On a CPU (CI / smoke test)::
 
@@ -123,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the captured profile JSON here (default: print it)")
     parser.add_argument("--name", help="profile name (default: from the device name, e.g. h200)")
-    parser.add_argument("--reports-out", help="write GPU + emulated reports and verdicts here (JSON)")
+    parser.add_argument("--reports-out",
+                        help="GPU + emulated reports and verdicts as JSON "
+                             "(default on a GPU: target_reports_<name>.json; none on --dry-run)")
     parser.add_argument("--compare-profile", action="append", default=[],
                         help="also compare the GPU against this profile (path or built-in name); repeatable")
     parser.add_argument("--size", type=int, default=4096, help="probe size (matmul size^3, softmax/layer norm size^2)")
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     print(f"versions: {_versions()}", file=sys.stderr)
+    # Read the profiles to compare first: --out may overwrite one of them (h200.json).
+    others = [(item, load_profile(item)) for item in args.compare_profile]
     if args.dry_run:
         profile = load_profile(args.profile)
         print(f"DRY RUN: using built-in profile {profile.name!r} instead of a capture; the 'GPU' reports "
@@ -172,11 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, report in gpu_reports.items():
         print(_line(name, report))
 
-    targets: list[tuple[str, str]] = [(f"captured {profile.name}" if not args.dry_run else profile.name,
-                                       profile.to_json())]
-    for item in args.compare_profile:
-        other = load_profile(item)
-        targets.append((f"{item} ({other.name})", other.to_json()))
+    label = profile.name if args.dry_run else f"captured {profile.name}"
+    targets = [(label, profile.to_json())]
+    targets += [(f"{item} ({other.name}, {'captured' if other.captured else 'spec'})", other.to_json())
+                for item, other in others]
     results: dict[str, Any] = {}
     primary_ok = True
     for index, (label, profile_json) in enumerate(targets):
@@ -185,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = {"match": ok, "kernels": summary, "emulated_reports": emulated}
         if index == 0:
             primary_ok = ok
-    if args.reports_out:
+    reports_out = args.reports_out or (None if args.dry_run else f"target_reports_{profile.name}.json")
+    if reports_out:
         payload = {
             "versions": _versions(),
             "dry_run": args.dry_run,
@@ -195,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             "comparisons": results,
             "wall_s": time.perf_counter() - started,
         }
-        Path(args.reports_out).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        print(f"\nreports written to {args.reports_out}", file=sys.stderr)
+        Path(reports_out).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"\nreports written to {reports_out}", file=sys.stderr)
     print(f"\n{'OK' if primary_ok else 'MISMATCH'}: emulating {targets[0][0]} "
           f"{'reproduces' if primary_ok else 'does NOT reproduce'} the GPU config spaces "
           f"({time.perf_counter() - started:.1f}s)")

@@ -27,6 +27,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from matmul import matmul  # noqa: E402  (the example's kernel: one definition)
 
 
+def make_args(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same inputs in every script and process: drawn on the CPU from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(size, size, generator=generator, dtype=torch.float16) for _ in range(2))  # type: ignore[return-value]
+
+
 def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int) -> dict[str, object]:
     from helion.autotuner import PatternSearch
     from helion.autotuner.effort_profile import get_effort_profile
@@ -142,7 +148,7 @@ def main() -> None:
     print("remote pipeline:", json.dumps(runs["remote"]["pipeline"]))
     if options.json:
         with open(options.json, "w") as handle:
-            json.dump({name: {k: (str(v) if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
+            json.dump({name: {k: (v.to_json() if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
                       | {"cublas_ms": timed["cublas"]}, handle, indent=1, default=str)
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-from local_vs_stock import check_correct, retime, run_remote  # noqa: E402
+from local_vs_stock import check_correct, make_args, retime, run_remote  # noqa: E402
 
 
 def main() -> None:
@@ -36,8 +36,7 @@ def main() -> None:
         raise SystemExit(f"scaling needs 2 or more GPUs; this host shows {torch.cuda.device_count()}")
     print(f"{time.strftime('%Y-%m-%d %H:%M')} {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
-    torch.manual_seed(options.seed)
-    args = tuple(torch.randn(options.size, options.size, device="cuda", dtype=torch.float16) for _ in range(2))
+    args = tuple(a.cuda() for a in make_args(options.size, options.seed))
     runs = {
         "1gpu": run_remote(args, options.budget, options.effort, options.seed, devices=[0]),
         f"{options.gpus}gpu": run_remote(args, options.budget, options.effort, options.seed,
@@ -60,7 +59,7 @@ def main() -> None:
     print(f"cuBLAS re-timed: {timed['cublas']:.4f} ms")
     if options.json:
         with open(options.json, "w") as handle:
-            json.dump({name: {k: (str(v) if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
+            json.dump({name: {k: (v.to_json() if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
                       | {"cublas_ms": timed["cublas"]}, handle, indent=1, default=str)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import math
@@ -16,7 +17,7 @@ from . import _helion_compat as compat
 from .adapter import remote_mode, resolve_algorithm, search_factory
 from .argcodec import upload_args
 from .backends import create_executor, resolve_backend_name
-from .codegen import kernel_source
+from .codegen import kernel_definition, kernel_source
 from .progress import ProgressLine
 from .protocol import RemoteBenchmarkExecutor
 from .provider import RemoteContext, bind_provider
@@ -36,6 +37,8 @@ class AutotuneResult:
     backend: str
     algorithm: str
     kernel_name: str
+    target: str | None = None
+    """The emulated target's name and fingerprint, or None for the args' own device."""
     records: list[dict[str, object]] = dataclasses.field(default_factory=list, repr=False)
     """Every job result of the run (status, perf, compile time, worker, timestamps)."""
 
@@ -150,11 +153,40 @@ def _private_kernel(kernel: Any, effort: str | None, settings: dict[str, object]
     return Kernel(kernel.fn, configs=kernel.configs, settings=new_settings)
 
 
+def resolve_target(target: Any, executor: RemoteBenchmarkExecutor, args: Sequence[object]) -> Any:
+    """The ``TargetProfile`` to emulate, or None to search the arguments' own device.
+
+    ``None`` means: arguments already on a GPU search natively; otherwise ask
+    the backend for its workers' profile (``"auto"``), which is None for
+    backends without GPUs (fake, interpreter).
+    """
+    from .target import TargetProfile, load_profile
+
+    if isinstance(target, TargetProfile):
+        return target
+    if target is None and any(getattr(a, "is_cuda", False) for a in args):
+        return None
+    if target is None or target == "auto":
+        describe = getattr(executor, "target_profile", None)
+        data = describe() if callable(describe) else None
+        if data is None:
+            if target == "auto":
+                raise ValueError(
+                    f"target='auto' needs GPU workers to describe, but backend "
+                    f"{getattr(executor, 'name', type(executor).__name__)!r} has none; pass a profile "
+                    "name (e.g. target='h100') or target=None"
+                )
+            return None
+        return TargetProfile.from_dict(data)
+    return load_profile(target)
+
+
 def autotune(
     kernel: Any,
     args: Sequence[object],
     *,
     backend: str | RemoteBenchmarkExecutor | None = None,
+    target: Any = None,
     algorithm: str | None = None,
     effort: str | None = None,
     algorithm_options: dict[str, object] | None = None,
@@ -166,6 +198,13 @@ def autotune(
 
     The coordinator (this process) runs the Helion search and generates code;
     it never compiles or launches a kernel, so it needs no GPU.
+
+    ``target`` is the GPU whose config space to search: a built-in profile
+    name (``"h200"``, ``"h100"``, ...), a JSON path, a ``TargetProfile``, or
+    ``"auto"`` (the backend's workers describe their GPU).  ``None``: CUDA
+    arguments search their own device, anything else asks the backend.  With
+    a target, the worker checks the space against the real arguments before
+    any candidate is timed (``TargetDriftError`` on a mismatch).
 
     ``algorithm_options`` are keyword arguments for the search class (they
     override the effort profile's), ``settings`` are Helion settings
@@ -180,36 +219,56 @@ def autotune(
         executor = backend
     started = time.perf_counter()
     args = tuple(args)
+    overrides = {**settings, **({"autotune_effort": effort} if effort is not None else {})}
     private = _private_kernel(kernel, effort, settings)
-    bound = private.bind(args)
     stats = RunStats()
-    progress = ProgressLine() if bound.settings.autotune_progress_bar else None
+    progress = ProgressLine() if private.settings.autotune_progress_bar else None
     context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
-    provider_cls = bind_provider(context)
-    if bound.settings.autotune_effort == "none":
-        config = bound.config_spec.default_config()
-    else:
-        factory = search_factory(bound, args, algorithm_cls, **(algorithm_options or {}))
-        with remote_mode(provider_cls, str(bound.settings.autotune_effort)):
-            cache = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
-            config = cache.autotune(skip_cache=True)
+    profile = resolve_target(target, executor, args)
+    with contextlib.ExitStack() as stack:
+        search_args: tuple[object, ...] = args
+        if profile is not None:
+            from .target import emulate_target, space_report, stand_in_args
+
+            # Open before the bind and keep open through the last codegen:
+            # Helion queries the device lazily, per config.
+            stack.enter_context(emulate_target(profile))
+            search_args = tuple(stand_in_args(args))
+        bound = private.bind(search_args)
+        if profile is not None:
+            definition = kernel_definition(kernel)
+            context.target_fingerprint = profile.fingerprint
+            if definition is not None:
+                context.space_report = space_report(bound)
+                context.kernel_definition, context.kernel_attr = definition
+                context.settings = tuple(sorted(overrides.items()))
+        provider_cls = bind_provider(context)
+        if bound.settings.autotune_effort == "none":
+            config = bound.config_spec.default_config()
+        else:
+            factory = search_factory(bound, search_args, algorithm_cls, **(algorithm_options or {}))
+            with remote_mode(provider_cls, str(bound.settings.autotune_effort)):
+                cache = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
+                config = cache.autotune(skip_cache=True)
+        best_ms = context.last_perf_ms.get(kernel_source(bound, config).digest, math.inf)
+        decorator = bound.format_kernel_decorator(config, bound.settings)
     stats.wall_s = time.perf_counter() - started
-    best_ms = context.last_perf_ms.get(kernel_source(bound, config).digest, math.inf)
     result = AutotuneResult(
         config=config,
         best_ms=best_ms,
-        decorator=bound.format_kernel_decorator(config, bound.settings),
+        decorator=decorator,
         stats=stats.to_dict(),
         backend=getattr(executor, "name", type(executor).__name__),
         algorithm=algorithm_cls.__name__,
         kernel_name=bound.kernel.name,
+        target=None if profile is None else f"{profile.name} ({profile.fingerprint[:12]})",
         records=list(stats.records),
     )
     if print_result:
         print(
             f"[helion-remote] {result.kernel_name}: best {best_ms:.4f} ms, "
             f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
-            f"({result.algorithm})\n{result.decorator}",
+            f"({result.algorithm}{', target ' + result.target if result.target else ''})\n{result.decorator}",
             file=sys.stderr,
         )
     return result

@@ -77,6 +77,26 @@ def shipped_modules(bound: Any, module_source: str) -> tuple[str, tuple[SourceMo
     return module_source, tuple(modules)
 
 
+def kernel_definition(kernel: Any) -> tuple[SourceModule, str] | None:
+    """The module that defines ``kernel`` (shipped by content) and its attribute name.
+
+    Used by the drift guard: the worker binds the same kernel on the real
+    arguments.  ``None`` when the module has no readable source.
+    """
+    module = sys.modules.get(getattr(kernel.fn, "__module__", "") or "")
+    if module is None:
+        return None
+    try:
+        source = _module_source(module)
+    except (OSError, TypeError):
+        return None
+    name = module.__name__
+    if name == "__main__":
+        name = f"_helion_remote_main_{sha256_hex(source)[:12]}"
+    attr = next((key for key, value in vars(module).items() if value is kernel), kernel.fn.__name__)
+    return SourceModule(name, source), attr
+
+
 def kernel_source(bound: Any, config: Any) -> KernelSource:
     """Generate the complete Triton module for ``config`` on the coordinator."""
     code = bound.to_triton_code(config)

@@ -88,6 +88,13 @@ class SessionSpec:
     compile_timeout_s: float = 60.0
     run_timeout_s: float = 30.0
     target_fingerprint: str | None = None
+    kernel_definition: SourceModule | None = None
+    """The module that defines the kernel: shipped when the coordinator emulates
+    a target, so the worker can bind the real arguments and report Helion's
+    config space for the drift guard."""
+    kernel_attr: str | None = None
+    settings: tuple[tuple[str, object], ...] = ()
+    """Helion setting overrides the coordinator applied (they shape the space)."""
 
     @property
     def baseline_digest(self) -> str:

@@ -29,6 +29,7 @@ from .protocol import (
     RemoteBenchmarkExecutor,
     RemoteSession,
     SessionSpec,
+    SourceModule,
     Tolerances,
 )
 from .stats import RunStats
@@ -67,6 +68,11 @@ class RemoteContext:
     stats: RunStats
     max_infra_retries: int = 3
     target_fingerprint: str | None = None
+    space_report: dict[str, object] | None = None
+    """The coordinator's (emulated) config space; checked against the worker's."""
+    kernel_definition: SourceModule | None = None
+    kernel_attr: str | None = None
+    settings: tuple[tuple[str, object], ...] = ()
     progress: Callable[..., None] | None = None
     last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Latest timing per config key: batch timings, overwritten by finalist re-timing."""
@@ -135,10 +141,42 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
                 compile_timeout_s=float(self.settings.autotune_compile_timeout),
                 run_timeout_s=float(self.settings.autotune_benchmark_timeout),
                 target_fingerprint=ctx.target_fingerprint,
+                kernel_definition=ctx.kernel_definition if ctx.space_report is not None else None,
+                kernel_attr=ctx.kernel_attr,
+                settings=ctx.settings,
             )
             self._session = ctx.executor.open_session(spec)
             ctx.stats.sessions += 1
+            self._check_drift(self._session)
         return self._session
+
+    def _check_drift(self, session: RemoteSession) -> None:
+        """Stop before any candidate is timed if the worker's space is not ours."""
+        ctx = self.context
+        if ctx.space_report is None:
+            return
+        worker_report = getattr(session, "space_report", None)
+        if worker_report is None:
+            self.log.warning(
+                f"backend {getattr(ctx.executor, 'name', '?')} did not report the worker's config space; "
+                "the target drift guard was skipped"
+            )
+            return
+        if "error" in worker_report:
+            session.close()
+            self._session = None
+            raise RuntimeError(
+                f"the worker could not bind the kernel on the real arguments to check the target "
+                f"({worker_report['error']}); the search was not started"
+            )
+        from .target import check_drift
+
+        try:
+            check_drift(ctx.space_report, worker_report)
+        except Exception:
+            session.close()
+            self._session = None
+            raise
 
     def _tolerances(self) -> Tolerances:
         atol = self.settings.autotune_baseline_atol

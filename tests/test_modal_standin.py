@@ -126,6 +126,7 @@ class _Pool:
         body = server.body_factory(self.pool_param, cid)
         with self.lock:
             self.container_ids.append(cid)
+        died = False
         while not server._stopped.is_set():
             try:
                 item = self.inputs.get(timeout=0.2)

@@ -240,6 +240,17 @@ def test_patch_points_exist_and_copied_functions_are_current() -> None:
         patches.verify_patch_points()
 
 
+def test_a_vanished_helion_name_fails_naming_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helion_remote._helion_compat import HelionCompatError
+    from helion_remote._versions import helion_version
+
+    import helion.language.loops
+
+    monkeypatch.delattr(helion.language.loops, "_add_config_range_choice")
+    with pytest.raises(HelionCompatError, match=f"helion {helion_version()} lacks helion.language.loops"):
+        patches.verify_patch_points()
+
+
 # ------------------------------------------------------------------------- no triton
 
 
@@ -338,7 +349,7 @@ def test_capture_target_dry_run(tmp_path: Path) -> None:
     out, reports = tmp_path / "h200.json", tmp_path / "reports.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "capture_target.py"), "--dry-run", "--out", str(out),
-         "--reports-out", str(reports), "--kernels", "matmul,softmax"],
+         "--reports-out", str(reports), "--kernels", "matmul,softmax", "--size", "1024"],
         capture_output=True,
         text=True,
         timeout=300,

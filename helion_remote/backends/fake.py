@@ -151,6 +151,7 @@ class FakeExecutor:
         faults: Sequence[FaultRule] = (),
         blob_store: BlobStore | None = None,
         device_name: str = "Fake GPU",
+        space_report: dict[str, object] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"FakeExecutor needs workers >= 1, got {workers!r}")
@@ -162,6 +163,9 @@ class FakeExecutor:
         self.noise = noise
         self.faults = tuple(faults)
         self.device_name = device_name
+        self.space_report = space_report
+        """What the fake's "workers" report as Helion's config space on the real
+        arguments (drift guard); None: they report nothing, the guard is skipped."""
         self._blob_store = blob_store if blob_store is not None else MemoryBlobStore()
         self._workers = [_FakeWorker(i) for i in range(workers)]
         self._lock = threading.Lock()
@@ -178,6 +182,10 @@ class FakeExecutor:
 
     def workers(self) -> list[WorkerInfo]:
         return [WorkerInfo(w.worker_id, self.device_name, f"FAKE-{w.slot}") for w in self._workers]
+
+    def target_profile(self) -> dict[str, object] | None:
+        """The fake has no device to describe; pass ``target=`` a profile name instead."""
+        return None
 
     def open_session(self, spec: SessionSpec) -> FakeSession:
         if not self._blob_store.contains(spec.args_digest):
@@ -302,6 +310,7 @@ class FakeSession:
 
     def __init__(self, executor: FakeExecutor, spec: SessionSpec) -> None:
         self.spec = spec
+        self.space_report: dict[str, object] | None = executor.space_report
         self._executor = executor
         self._retime_worker: _FakeWorker | None = None
         self._retime_calls = 0

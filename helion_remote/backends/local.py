@@ -139,12 +139,14 @@ class LocalExecutor:
         self._compile_slots = self._compile_slots_for(spec)
         errors: list[str] = []
         opened: list[str] = []
+        reports: dict[str, dict[str, object] | None] = {}
 
         def open_on(handle: WorkerHandle) -> None:
             try:
                 with handle.lock:
-                    handle.ensure_session(spec, baseline=True)
+                    summary = handle.ensure_session(spec, baseline=True)
                 opened.append(handle.worker_id)
+                reports[handle.worker_id] = getattr(summary, "space_report", None)
             except Exception as error:  # noqa: BLE001 - summarized below
                 errors.append(f"{handle.worker_id}: {error}")
 
@@ -157,7 +159,16 @@ class LocalExecutor:
             raise RuntimeError(f"could not open session {spec.session_id} on any local worker: " + "; ".join(errors))
         for message in errors:
             log.warning("session %s not opened on %s", spec.session_id, message)
-        return _LocalSession(self, spec, self._devices[0])
+        session = _LocalSession(self, spec, self._devices[0])
+        session.space_report = next((r for r in reports.values() if r is not None), None)
+        return session
+
+    def target_profile(self) -> dict[str, object] | None:
+        """The device workers' TargetProfile (captured by worker 0); None under the interpreter."""
+        self._start()
+        if self.interpreter:
+            return None
+        return self._devices[0].target_profile()
 
     def close(self) -> None:
         with self._cond:
@@ -296,6 +307,8 @@ class _LocalSession:
         self.spec = spec
         self._executor = executor
         self._retime_worker = retime_worker
+        self.space_report: dict[str, object] | None = None
+        """Helion's config space on the worker's real arguments (drift guard)."""
         self._closed = False
 
     def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:

@@ -24,10 +24,12 @@ which the coordinator retries.  Modal cannot place a retry on a chosen
 container, so ``avoid_workers`` is advisory here; a poisoned container
 (sticky CUDA error) stops taking inputs itself.
 
-Re-timing is pinned to ONE container per session: a second parameterized
-instance, ``Worker.with_options(max_containers=1)(pool="retime-<session>")``,
-is its own pool of at most one container, kept warm by the scale-down
-window between calls.  With ``max_containers >= 2`` the job pool gets
+Re-timing is pinned to ONE container: a second parameterized instance,
+``Worker.with_options(max_containers=1)(pool="retime-<executor id>")``, is
+its own pool of at most one container, kept warm by the scale-down window
+between calls, so every ``retime`` of a session (and of later sessions of
+this executor) lands on the same GPU while it lives.  One pool per executor,
+not per session, so sessions never stack idle re-timing containers.  With ``max_containers >= 2`` the job pool gets
 ``max_containers - 1``, so jobs plus re-timing never exceed the user's cap;
 with ``max_containers == 1`` re-timing shares the single job container.
 
@@ -50,6 +52,7 @@ import queue
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,8 +70,10 @@ MISSING_CREDENTIALS = (
     "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (create a token at https://modal.com/settings/tokens); "
     "MODAL_PROFILE picks a profile from ~/.modal.toml."
 )
-COMPARED_VERSIONS = ("helion", "torch", "triton", "wire")
+COMPARED_VERSIONS = ("helion", "torch", "triton", "wire", "code")
 BUDGET_EXCEEDED = "BudgetExceeded"
+DEFAULT_JOB_S = 60 + 30 + 30
+"""Helion's default compile (60 s) and benchmark (30 s) timeouts plus a margin."""
 
 
 class ModalSetupError(RuntimeError):
@@ -152,6 +157,7 @@ class ModalExecutor:
         self._base_cls: Any = None
         self._jobs: Any = None
         self._function_timeout_s = 0
+        self._retime_pool = f"retime-{uuid.uuid4().hex[:12]}"
         try:
             self._connect(s.mode)
         except BaseException:
@@ -210,7 +216,7 @@ class ModalExecutor:
         s = self.settings
         self._base_cls = cls
         self.deployment = deployment
-        self._function_timeout_s = int(s.session_load_s + 300)
+        self._function_timeout_s = int(s.session_load_s + DEFAULT_JOB_S)
         self._jobs = self._variant(max_containers=s.job_containers)(pool="jobs")
         self._ping_call = self._jobs.ping.spawn()  # cold-start a container while the arguments upload
         self._worker_info = None
@@ -280,7 +286,7 @@ class ModalExecutor:
             raise ModalSessionError(f"session {spec.session_id} failed on Modal ({reply.get('kind')}): "
                                     f"{reply.get('message')}")
         if s.dedicated_retime:
-            retimer = self._variant(max_containers=1)(pool=f"retime-{spec.session_id}")
+            retimer = self._variant(max_containers=1)(pool=self._retime_pool)
         else:
             retimer = self._jobs
         return ModalSession(self, spec, payload, self._jobs, retimer)

@@ -59,7 +59,7 @@ def worker_options(settings: ModalSettings) -> dict[str, Any]:
         "max_containers": settings.job_containers,
         "scaledown_window": settings.scaledown_window_s,
         "startup_timeout": settings.startup_timeout_s,
-        "timeout": settings.session_load_s + 300,
+        "timeout": settings.session_load_s + 120,
         "cpu": settings.cpu,
         "memory": settings.memory_mib,
     }

@@ -52,7 +52,7 @@ class ModalSettings:
     """Idle seconds before Modal stops a container: bridges generations, billed."""
     startup_timeout_s: int = 900
     """Container start (image pull, torch import, CUDA init) allowance."""
-    session_load_s: int = 300
+    session_load_s: int = 120
     """Added to each job's Modal timeout: the first job on a container loads the args."""
     wait_timeout_s: float = 3600.0
     """Longest the coordinator waits for one job (queueing included) before calling it lost."""

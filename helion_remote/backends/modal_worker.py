@@ -11,12 +11,14 @@ carries a container stamp for cost metering.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import socket
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..protocol import JobResult
@@ -33,11 +35,26 @@ PROCESS_START = time.time()
 Payload = dict[str, Any]
 
 
+_WORKER_CODE = ("protocol.py", "argcodec.py", "blobs.py", "worker/runtime.py", "worker/_helion_worker_compat.py",
+                "worker/interpreter_libdevice.py", "backends/modal_worker.py", "backends/modal_wire.py",
+                "backends/modal_blobs.py")
+
+
+def code_digest() -> str:
+    """Identity of the helion_remote code a worker runs: a deployment built from other code differs."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for name in _WORKER_CODE:
+        path = root / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"missing") + b"\0")
+    return h.hexdigest()[:16]
+
+
 def versions() -> dict[str, str]:
     """What generated code depends on: it must match between coordinator and worker."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version(), "wire": str(WIRE_VERSION)}
+    out = {"python": platform.python_version(), "wire": str(WIRE_VERSION), "code": code_digest()}
     for package in ("helion", "torch", "triton"):
         try:
             out[package] = version(package).split("+", 1)[0]

@@ -184,7 +184,7 @@ class TargetProfile:
 
 def builtin_names() -> list[str]:
     root = resources.files(PROFILES_PACKAGE)
-    return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+    return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json") and p.name.count(".") == 1)
 
 
 def load_profile(name_or_path: str | os.PathLike[str] | TargetProfile) -> TargetProfile:

@@ -140,6 +140,8 @@ def _child_main(conn: Connection, spec: WorkerSpec) -> None:
 def _dispatch(runtime: Any, op: str, payload: Any) -> object:
     if op == "info":
         return runtime.info()
+    if op == "target_profile":
+        return runtime.target_profile()
     if op == "open_session":
         session, baseline = payload
         return runtime.open_session(session, baseline=baseline)
@@ -307,6 +309,10 @@ class WorkerHandle:
                 if attempt == 1:
                     raise
         raise AssertionError("unreachable")
+
+    def target_profile(self) -> dict[str, object] | None:
+        with self.lock:
+            return self._request("target_profile", None, self.spec.start_timeout_s)  # type: ignore[return-value]
 
     def ensure_session(self, session: SessionSpec, *, baseline: bool = True) -> SessionSummary | None:
         with self.lock:

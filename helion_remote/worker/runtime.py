@@ -75,6 +75,8 @@ class SessionSummary:
     session_id: str
     mutated_leaves: tuple[int, ...]
     baseline_time_s: float
+    space_report: dict[str, object] | None = None
+    """Helion's config space for the real arguments, when the spec asks (drift guard)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +211,28 @@ class WorkerRuntime:
         if baseline:
             self._run_baseline(session)
         self._session = session
-        return SessionSummary(spec.session_id, session.mutated, time.perf_counter() - start)
+        report = self._space_report(spec, args) if baseline else None
+        return SessionSummary(spec.session_id, session.mutated, time.perf_counter() - start, report)
+
+    def _space_report(self, spec: SessionSpec, args: list[object]) -> dict[str, object] | None:
+        """Bind the user's kernel on the real arguments and report its config space."""
+        if spec.kernel_definition is None or spec.kernel_attr is None:
+            return None
+        from ..target import config_space_report
+
+        try:
+            return config_space_report(spec.kernel_definition, spec.kernel_attr, args,
+                                       settings=dict(spec.settings), work_dir=self.work_dir)
+        except Exception as error:  # noqa: BLE001 - the coordinator turns it into a clear error
+            return {"error": f"{type(error).__qualname__}: {error}"}
+
+    def target_profile(self) -> dict[str, object] | None:
+        """This worker's device as a TargetProfile dict (None under the interpreter)."""
+        if self.interpreter:
+            return None
+        from ..target import capture_profile
+
+        return capture_profile(self.device).to_dict()
 
     def _set_triton_cache(self, spec: SessionSpec) -> None:
         """Compile pool and device workers share one Triton cache per session."""
