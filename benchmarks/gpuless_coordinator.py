@@ -65,12 +65,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wrong", default="a100")
     parser.add_argument("--reference", help="scaling.py --json output (its 1gpu run is the GPU-seeing coordinator)")
+    parser.add_argument("--run-reference", action="store_true",
+                        help="first tune with a coordinator that sees the GPU (same seed, budget), in this process")
     parser.add_argument("--role", default="driver")
     parser.add_argument("--out", default="gpuless_result.json")
     options = parser.parse_args()
     if options.role == "coordinator":
         coordinator(options)
         return
+    sees_gpu = None
+    if options.run_reference:
+        import torch
+
+        from local_vs_stock import make_args, run_remote
+
+        cuda_args = tuple(a.cuda() for a in make_args(options.size, options.seed))
+        sees_gpu = run_remote(cuda_args, options.budget, options.effort, options.seed, devices=[0])
+        print(f"GPU-seeing coordinator: {sees_gpu['configs']} configs in {sees_gpu['wall_s']:.1f}s", flush=True)
+        del cuda_args
+        torch.cuda.empty_cache()
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, __file__, "--role", "coordinator", "--budget", str(options.budget), "--effort",
            options.effort, "--size", str(options.size), "--seed", str(options.seed), "--wrong", options.wrong,
@@ -85,7 +98,9 @@ def main() -> None:
 
     args = tuple(a.cuda() for a in make_args(options.size, options.seed))
     configs = {"gpuless": helion.Config.from_json(gpuless["config"])}
-    if options.reference:
+    if sees_gpu is not None:
+        configs["sees_gpu"] = sees_gpu["config"]
+    elif options.reference:
         with open(options.reference) as handle:
             reference = json.load(handle)["1gpu"]
         configs["sees_gpu"] = helion.Config.from_json(reference["config"])
@@ -94,7 +109,7 @@ def main() -> None:
     print(f"\nGPU-less coordinator: {gpuless['configs']} configs in {gpuless['wall_s']:.1f}s, target {gpuless['target']}, "
           f"re-timed {timed['gpuless']:.4f} ms, rel err {error:.1e}")
     if "sees_gpu" in timed:
-        print(f"GPU-seeing coordinator (scaling.py 1gpu): re-timed {timed['sees_gpu']:.4f} ms; "
+        print(f"GPU-seeing coordinator: re-timed {timed['sees_gpu']:.4f} ms; "
               f"ratio gpuless/sees_gpu {timed['gpuless'] / timed['sees_gpu']:.4f} (target <= 1.02)")
     print(f"cuBLAS {timed['cublas']:.4f} ms; drift guard: {'RAISED' if gpuless['drift_guard'] != 'NOT RAISED' else 'NOT RAISED'}")
     del torch

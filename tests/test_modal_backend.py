@@ -197,6 +197,20 @@ def test_registry_builds_the_modal_executor_from_kwargs(tmp_path: Path) -> None:
         executor.close()
 
 
+def test_wire_round_trips_every_protocol_field() -> None:
+    from helion_remote.backends.modal_wire import job_from_dict, job_to_dict, spec_from_dict, spec_to_dict
+    from helion_remote.protocol import SourceModule
+
+    for field in dataclasses.fields(SessionSpec):  # a new field must be carried (or this test updated)
+        assert field.name in spec_to_dict(SessionSpec("s", "k", "0" * 64, KernelSource("x", "k"))), field.name
+    spec = SessionSpec("s", "k", "0" * 64, KernelSource("src", "k", (SourceModule("m", "y = 1"),)),
+                       Tolerances(1e-3, 2e-3), 61.0, 31.0, "fp", SourceModule("defs", "z = 2"), "kern",
+                       (("autotune_effort", "quick"), ("static_shapes", True)))
+    assert spec_from_dict(json.loads(json.dumps(spec_to_dict(spec)))) == spec
+    job = tiny_jobs(spec, 1)[0]
+    assert job_from_dict(json.loads(json.dumps(job_to_dict(job)))) == dataclasses.replace(job, avoid_workers=())
+
+
 # ---------------------------------------------------------------------- cost
 
 
@@ -305,6 +319,7 @@ def test_deployed_app_is_hydrated_and_used(tmp_path: Path) -> None:
         assert names.index("Cls.hydrate") < names.index("Cls.with_options")  # forced before any use
         assert not server.unhydrated_use
         assert executor.workers()[0].device_name == "StandIn H100"
+        assert executor.target_profile() is None  # the stand-in's device has no profile to report
     finally:
         executor.close()
 

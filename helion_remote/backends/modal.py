@@ -153,6 +153,7 @@ class ModalExecutor:
             max(16, 4 * s.max_containers), thread_name_prefix="modal-wait"
         )
         self._worker_info: WorkerInfo | None = None
+        self._target_profile: dict[str, object] | None = None
         self._ping_call: Any = None
         self._base_cls: Any = None
         self._jobs: Any = None
@@ -253,6 +254,7 @@ class ModalExecutor:
         info = WorkerInfo(w["worker_id"], w["device_name"], w["device_uuid"], bool(w["interpreter"]))
         with self._lock:
             self._worker_info = info
+            self._target_profile = reply.get("target_profile")
         return info
 
     # ------------------------------------------------------------------ protocol
@@ -264,6 +266,14 @@ class ModalExecutor:
     def workers(self) -> list[WorkerInfo]:
         """The one container that answered the handshake (Modal scales the rest on demand)."""
         return [self._handshake()]
+
+    def target_profile(self) -> dict[str, object] | None:
+        """The workers' device as a TargetProfile dict, from the handshake (None under the interpreter)."""
+        self._handshake()
+        profile = self._target_profile
+        if profile is not None and "error" in profile:
+            raise RuntimeError(f"the Modal worker could not describe its device: {profile['error']}")
+        return profile
 
     def open_session(self, spec: SessionSpec) -> ModalSession:
         """Handshake, then open the session on one container: a broken reference fails here."""
@@ -289,7 +299,9 @@ class ModalExecutor:
             retimer = self._variant(max_containers=1)(pool=self._retime_pool)
         else:
             retimer = self._jobs
-        return ModalSession(self, spec, payload, self._jobs, retimer)
+        session = ModalSession(self, spec, payload, self._jobs, retimer)
+        session.space_report = reply.get("space_report")
+        return session
 
     def cost_report(self) -> CostReport:
         return self.meter.report()
@@ -327,8 +339,8 @@ class ModalExecutor:
                       error_class=type(error).__name__, error_message=str(error)[:4000] or type(error).__name__)
         if isinstance(error, exc.FunctionTimeoutError):
             return JobResult(status="timeout", **common)  # over compile + run + load: the kernel hung
-        if isinstance(error, (TimeoutError, exc.TimeoutError)):
-            common["error_message"] = f"no reply within {self.settings.wait_timeout_s}s (queue included): {error}"
+        if isinstance(error, TimeoutError):  # FunctionCall.get(timeout=...) ran out: our deadline
+            common["error_message"] = f"no reply within {self.settings.wait_timeout_s}s (queue included)"
         # InternalFailure (preemption), RemoteError (container died), OutputExpiredError,
         # ConnectionError, ExecutionError ...: not the kernel's fault.
         return JobResult(status="infra_error", **common)
@@ -347,6 +359,8 @@ class ModalSession:
         self._lock = threading.Lock()
         self._closed = False
         self.retime_containers: list[str] = []
+        self.space_report: dict[str, object] | None = None
+        """Helion's config space on the worker's real arguments (drift guard), when asked."""
 
     def _busy(self) -> tuple[bool, int]:
         with self._lock:
@@ -401,9 +415,7 @@ class ModalSession:
                                    error_message=f"worker answered job {result.job_id!r} for {job.job_id!r}")
         except BaseException as error:  # noqa: BLE001 - never lose a job
             result = ex._classify(job, error)
-            if isinstance(error, (TimeoutError, ex._client.exception.TimeoutError)) and not isinstance(
-                error, ex._client.exception.FunctionTimeoutError
-            ):
+            if isinstance(error, TimeoutError):  # our deadline, not Modal's: stop the orphaned call
                 with contextlib.suppress(Exception):
                     call.cancel(terminate_containers=False)
         finally:

@@ -48,7 +48,7 @@ def build_image() -> modal.Image:
         modal.Image.debian_slim(python_version=python_version())
         .uv_pip_install(*image_pins())
         .env({"HELION_AUTOTUNE_PROGRESS_BAR": "0"})
-        .add_local_python_source("helion_remote")
+        .add_local_python_source("helion_remote", ignore=["**/__pycache__/**", "**/*.pyc"])  # + profiles/*.json
     )
 
 

@@ -56,6 +56,11 @@ def spec_to_dict(spec: SessionSpec) -> Payload:
         "compile_timeout_s": spec.compile_timeout_s,
         "run_timeout_s": spec.run_timeout_s,
         "target_fingerprint": spec.target_fingerprint,
+        "kernel_definition": (
+            None if spec.kernel_definition is None else [spec.kernel_definition.name, spec.kernel_definition.source]
+        ),
+        "kernel_attr": spec.kernel_attr,
+        "settings": [[name, value] for name, value in spec.settings],
     }
 
 
@@ -71,6 +76,9 @@ def spec_from_dict(data: Payload) -> SessionSpec:
         compile_timeout_s=data["compile_timeout_s"],
         run_timeout_s=data["run_timeout_s"],
         target_fingerprint=data["target_fingerprint"],
+        kernel_definition=None if data.get("kernel_definition") is None else SourceModule(*data["kernel_definition"]),
+        kernel_attr=data.get("kernel_attr"),
+        settings=tuple((name, value) for name, value in data.get("settings", ())),
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import JobResult
-from ..worker.runtime import BaselineError, JobLoadError, ModuleConflictError, WorkerRuntime
+from ..worker.runtime import BaselineError, JobLoadError, ModuleConflictError, SessionSummary, WorkerRuntime
 from .modal_blobs import MountedBlobStore
 from .modal_settings import BLOB_MOUNT
 from .modal_wire import WIRE_VERSION, job_from_dict, kernel_from_dict, retime_to_dict, spec_from_dict
@@ -35,18 +35,19 @@ PROCESS_START = time.time()
 Payload = dict[str, Any]
 
 
-_WORKER_CODE = ("protocol.py", "argcodec.py", "blobs.py", "worker/runtime.py", "worker/_helion_worker_compat.py",
-                "worker/interpreter_libdevice.py", "backends/modal_worker.py", "backends/modal_wire.py",
-                "backends/modal_blobs.py")
+_WORKER_CODE = ("protocol.py", "argcodec.py", "blobs.py", "worker/*.py", "target/*.py", "profiles/*.json",
+                "backends/modal_worker.py", "backends/modal_wire.py", "backends/modal_blobs.py",
+                "backends/modal_settings.py")
+"""What runs in the container (coordinator-only modules such as the search adapter are left out)."""
 
 
 def code_digest() -> str:
     """Identity of the helion_remote code a worker runs: a deployment built from other code differs."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for name in _WORKER_CODE:
-        path = root / name
-        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"missing") + b"\0")
+    for pattern in _WORKER_CODE:
+        for path in sorted(root.glob(pattern)):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -92,30 +93,37 @@ class ContainerWorker:
     def stamp(self) -> Payload:
         return {"id": self.container_id, "boot": PROCESS_START, "now": time.time(), "pool": self.pool}
 
-    def ping(self) -> Payload:
+    def _worker(self) -> Payload:
         info = self.runtime.info()
-        return {
-            "versions": versions(),
-            "worker": {"worker_id": info.worker_id, "device_name": info.device_name,
-                       "device_uuid": info.device_uuid, "interpreter": info.interpreter},
-            "container": self.stamp(),
-        }
+        return {"worker_id": info.worker_id, "device_name": info.device_name,
+                "device_uuid": info.device_uuid, "interpreter": info.interpreter}
 
-    def _ensure_session(self, session: Payload) -> None:
+    def ping(self) -> Payload:
+        """The handshake: versions, the device, and its TargetProfile (None under the interpreter)."""
+        try:
+            profile = self.runtime.target_profile()
+        except Exception as error:  # noqa: BLE001 - a profile is optional; the handshake is not
+            profile = {"error": f"{type(error).__qualname__}: {error}"}
+        return {"versions": versions(), "worker": self._worker(), "target_profile": profile,
+                "container": self.stamp()}
+
+    def _ensure_session(self, session: Payload) -> SessionSummary | None:
         self._volume = (session.get("volume_name") or "", session.get("environment"))
         spec = spec_from_dict(session["spec"])
         if self.runtime.session_id != spec.session_id:
-            self.runtime.open_session(spec)
+            return self.runtime.open_session(spec)
+        return None
 
     def open_session(self, session: Payload) -> Payload:
         """Open (or confirm) the session here: the coordinator's fail-fast probe."""
         try:
-            self._ensure_session(session)
+            summary = self._ensure_session(session)
         except BaselineError as error:
             return {"ok": False, "kind": "baseline", "message": str(error), "container": self.stamp()}
         except JobLoadError as error:
             return {"ok": False, "kind": "load", "message": str(error), "container": self.stamp()}
-        return {"ok": True, "worker": self.ping()["worker"], "container": self.stamp()}
+        return {"ok": True, "worker": self._worker(), "container": self.stamp(),
+                "space_report": getattr(summary, "space_report", None)}
 
     def run_job(self, session: Payload, job_payload: Payload) -> Payload:
         job = job_from_dict(job_payload)
