@@ -264,11 +264,16 @@ def autotune(
         target=None if profile is None else f"{profile.name} ({profile.fingerprint[:12]})",
         records=list(stats.records),
     )
+    cost = getattr(executor, "cost_report", None)
+    if callable(cost):
+        result.stats["cost"] = str(cost())
     if print_result:
         print(
             f"[helion-remote] {result.kernel_name}: best {best_ms:.4f} ms, "
             f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
-            f"({result.algorithm}{', target ' + result.target if result.target else ''})\n{result.decorator}",
+            f"({result.algorithm}{', target ' + result.target if result.target else ''})"
+            f"{chr(10) + 'estimated cost: ' + str(result.stats['cost']) if 'cost' in result.stats else ''}"
+            f"\n{result.decorator}",
             file=sys.stderr,
         )
     return result

@@ -206,7 +206,7 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         def generate() -> Iterator[BenchmarkJob]:
             """Codegen one config at a time, so early chunks reach workers sooner."""
             for index, config in enumerate(configs):
-                if self.budget_exceeded_fn():
+                if self.budget_exceeded_fn() or _executor_budget_spent(ctx.executor):
                     return
                 started = time.perf_counter()
                 try:
@@ -342,6 +342,7 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         if not known:
             return timings
         session = self._ensure_session()
+        started = time.perf_counter()
         result = session.retime(
             [h.source for h in known],
             warmup_ms=float(warmup),
@@ -350,6 +351,8 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         )
         stats = self.context.stats
         stats.retime_calls += 1
+        stats.retime_s += time.perf_counter() - started
+        stats.retimed_kernels += len(known)
         if result.worker_id:
             stats.retime_workers.add(result.worker_id)
         by_digest = {t.kernel_digest: t for t in result.timings}
@@ -391,6 +394,12 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
 
     def invalidate_effective_source_hash(self, source_hash: str) -> None:
         return None
+
+
+def _executor_budget_spent(executor: object) -> bool:
+    """Backends with a cost budget (Modal's ``max_cost_usd``) say when it is spent."""
+    check = getattr(executor, "budget_exceeded", None)
+    return bool(check()) if callable(check) else False
 
 
 def bind_provider(context: RemoteContext) -> type[RemoteBenchmarkProvider]:

@@ -18,6 +18,9 @@ class RunStats:
     blob_puts_skipped: int = 0
     sessions: int = 0
     retime_calls: int = 0
+    retime_s: float = 0.0
+    """Wall time the search spent waiting for finalist/population re-timing."""
+    retimed_kernels: int = 0
     retime_workers: set[str] = dataclasses.field(default_factory=set)
     workers_used: set[str] = dataclasses.field(default_factory=set)
     devices_used: set[str] = dataclasses.field(default_factory=set)
@@ -52,6 +55,8 @@ class RunStats:
             "blob_puts_skipped": self.blob_puts_skipped,
             "sessions": self.sessions,
             "retime_calls": self.retime_calls,
+            "retime_s": round(self.retime_s, 3),
+            "retimed_kernels": self.retimed_kernels,
             "retime_workers": sorted(self.retime_workers),
             "workers_used": sorted(self.workers_used),
             "devices_used": sorted(self.devices_used),
