@@ -207,6 +207,8 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             """Codegen one config at a time, so early chunks reach workers sooner."""
             for index, config in enumerate(configs):
                 if self.budget_exceeded_fn() or _executor_budget_spent(ctx.executor):
+                    # Like Helion's own provider: unhandled configs stay perf=inf.
+                    ctx.stats.budget_skipped += len(configs) - index
                     return
                 started = time.perf_counter()
                 try:

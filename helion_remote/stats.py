@@ -13,6 +13,8 @@ class RunStats:
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
     infra_retries: int = 0
     codegen_failures: int = 0
+    budget_skipped: int = 0
+    """Configs the search asked for after a time or cost budget was spent (never dispatched)."""
     blob_bytes_uploaded: int = 0
     blob_puts: int = 0
     blob_puts_skipped: int = 0
@@ -50,6 +52,7 @@ class RunStats:
             "failures": dict(self.failures),
             "infra_retries": self.infra_retries,
             "codegen_failures": self.codegen_failures,
+            "budget_skipped": self.budget_skipped,
             "blob_bytes_uploaded": self.blob_bytes_uploaded,
             "blob_puts": self.blob_puts,
             "blob_puts_skipped": self.blob_puts_skipped,

@@ -54,11 +54,12 @@ def _bindings() -> dict[str, int]:
     """id() of every patched attribute and of every alias of it: what must come back."""
     out = {}
     for point in patches.PATCH_POINTS:
-        module = patches.resolve(point)
-        original = getattr(module, point.attribute)
-        out[f"{point.module}.{point.attribute}"] = id(original)
-        for alias_module, attribute in patches.loaded_aliases(original, skip=set()):
-            out[f"{alias_module.__name__}.{attribute}"] = id(original)
+        stored = patches.current(point)  # the descriptor itself: a bound classmethod is new on every read
+        out[f"{point.target}.{point.attribute}"] = id(stored)
+        if point.owner:
+            continue
+        for alias_module, attribute in patches.loaded_aliases(stored, skip=set()):
+            out[f"{alias_module.__name__}.{attribute}"] = id(stored)
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import sys
 import threading
@@ -271,6 +272,13 @@ def _answers(profile: TargetProfile, originals: dict[str, Any]) -> dict[str, Any
         "cuda_get_device_capability": _cuda_shim(capability, originals["cuda_get_device_capability"]),
         "cuda_get_device_name": _cuda_shim(profile.device_name, originals["cuda_get_device_name"]),
         "cuda_current_device": const(0),
+        # Class attributes: the stored object must be the same kind of descriptor.
+        "inductor_device_interface_properties": staticmethod(
+            _cuda_shim(props, originals["inductor_device_interface_properties"])
+        ),
+        "inductor_device_properties": _inductor_device_properties_answer(
+            originals["inductor_device_properties"]
+        ),
     }
 
 
@@ -279,6 +287,25 @@ def _cuda_shim(value: object, original: Callable[..., Any]) -> Callable[..., Any
         return value if _is_target(device) else original(device)
 
     return shim
+
+
+def _inductor_device_properties_answer(original: Callable[..., Any]) -> classmethod:  # type: ignore[type-arg]
+    """``DeviceProperties.create`` that is never memoized for the target.
+
+    The original is a ``functools.cache``'d classmethod: for the target we call
+    the undecorated function (which reads the patched device interface), so an
+    entry cached before emulation (a local GPU) is not served and nothing
+    emulated is left cached after it.  Other devices keep the cached path.
+    """
+    cached = getattr(original, "__func__", original)
+    uncached = inspect.unwrap(cached)
+
+    def create(cls: type, device: torch.device) -> Any:
+        if _is_target(device):
+            return uncached(cls, device)
+        return cached(cls, device)
+
+    return classmethod(create)
 
 
 # ------------------------------------------------------------------------- context
@@ -359,17 +386,18 @@ def _apply(profile: TargetProfile, stack: contextlib.ExitStack) -> list[str]:
     patched: list[str] = []
     done: set[tuple[str, str]] = set()
     for point in points:
-        module = patches.resolve(point)
-        original = getattr(module, point.attribute)
-        targets = [(module, point.attribute)]
-        if point.module.startswith("helion"):
-            skip = done | {(p.module, p.attribute) for p in points}
-            targets += list(patches.loaded_aliases(original, skip=skip))
-        for target_module, attribute in targets:
-            key = (target_module.__name__, attribute)
+        owner = patches.resolve(point)
+        original = getattr(owner, point.attribute)
+        targets: list[tuple[object, str, str]] = [(owner, point.target, point.attribute)]
+        if point.module.startswith("helion") and not point.owner:
+            skip = done | {(p.target, p.attribute) for p in points}
+            targets += [(m, m.__name__, a) for m, a in patches.loaded_aliases(original, skip=skip)]
+        for target_owner, target_name, attribute in targets:
+            key = (target_name, attribute)
             if key in done:
                 continue
-            stack.enter_context(mock.patch.object(target_module, attribute, answers[point.answer]))
+            # mock restores a class attribute from the class __dict__ (descriptor intact).
+            stack.enter_context(mock.patch.object(target_owner, attribute, answers[point.answer]))
             done.add(key)
             patched.append(f"{key[0]}.{key[1]}")
     return patched

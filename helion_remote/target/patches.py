@@ -7,6 +7,11 @@ time :func:`loaded_aliases` also finds any *other* loaded ``helion.*`` module
 holding the same function object, so a new ``from _compat import`` in a later
 Helion is still covered.
 
+A few torch names live on a class, not a module (Inductor's
+``DeviceProperties.create`` and the device interface's staticmethod copy of
+``torch.cuda.get_device_properties``, bound when the class was defined); they
+are written ``"module:Class.attribute"`` and patched on the class.
+
 Importing this module checks that every listed name exists and fails with the
 installed Helion version named: drift shows up at import, not as a silently
 CPU-shaped search.  Functions we re-implement (not just answer) are also
@@ -35,19 +40,32 @@ class PatchPoint:
 
     ``answer`` names the replacement built from the profile in
     :mod:`.emulate`; several bindings of one function share an answer.
+    ``owner`` is a dotted attribute path inside ``module`` (a class) when the
+    name is a class attribute, else empty.
     """
 
     answer: str
     module: str
     attribute: str
     why: str
+    owner: str = ""
+
+    @property
+    def target(self) -> str:
+        """Dotted name of the object holding ``attribute``."""
+        return f"{self.module}.{self.owner}" if self.owner else self.module
 
 
 def _points(answer: str, why: str, *bindings: str) -> tuple[PatchPoint, ...]:
+    """``"pkg.module.attr"`` or, for a class attribute, ``"pkg.module:Class.attr"``."""
     out = []
     for binding in bindings:
-        module, _, attribute = binding.rpartition(".")
-        out.append(PatchPoint(answer, module, attribute, why))
+        module, _, rest = binding.rpartition(":") if ":" in binding else ("", "", binding)
+        head, _, attribute = rest.rpartition(".")
+        if module:
+            out.append(PatchPoint(answer, module, attribute, why, owner=head))
+        else:
+            out.append(PatchPoint(answer, head, attribute, why))
     return tuple(out)
 
 
@@ -163,6 +181,20 @@ PATCH_POINTS: tuple[PatchPoint, ...] = (
     *_points("cuda_get_device_capability", "direct capability reads", "torch.cuda.get_device_capability"),
     *_points("cuda_get_device_name", "direct name reads", "torch.cuda.get_device_name"),
     *_points("cuda_current_device", "get_device_properties(torch.cuda.current_device())", "torch.cuda.current_device"),
+    # -- Inductor lowering (reductions: Reduction.num_splits -> DeviceProperties.create) --
+    *_points(
+        "inductor_device_interface_properties",
+        "Inductor's device interface holds its own copy of torch.cuda.get_device_properties "
+        "(a staticmethod bound at import); torch <= 2.11 reaches it while lowering a reduction "
+        "(amax/sum in softmax, layer norm) -> 'No CUDA GPUs are available' on a CUDA build with no GPU",
+        "torch._dynamo.device_interface:CudaInterface.get_device_properties",
+    ),
+    *_points(
+        "inductor_device_properties",
+        "functools.cache'd per device for the process: unpatched it would serve a local GPU's "
+        "properties cached before emulation, or keep the target's after it",
+        "torch._inductor.runtime.hints:DeviceProperties.create",
+    ),
 )
 
 REIMPLEMENTED_SOURCES: dict[str, frozenset[str]] = {
@@ -184,8 +216,26 @@ def _fail(what: str) -> HelionCompatError:
     return HelionCompatError(missing_helion_name("helion_remote target emulation", what))
 
 
-def resolve(point: PatchPoint) -> ModuleType:
-    return importlib.import_module(point.module)
+def resolve(point: PatchPoint) -> object:
+    """The object holding ``point.attribute``: its module, or the class inside it."""
+    owner: object = importlib.import_module(point.module)
+    for part in point.owner.split(".") if point.owner else ():
+        owner = getattr(owner, part)
+    return owner
+
+
+def current(point: PatchPoint) -> object:
+    """The attribute as stored (a class's ``staticmethod``/``classmethod`` wrapper, not the bound result).
+
+    Identity comparisons (restore checks) need this: reading a classmethod
+    through the class makes a new bound method every time.
+    """
+    owner = resolve(point)
+    if isinstance(owner, type):
+        for klass in owner.__mro__:
+            if point.attribute in vars(klass):
+                return vars(klass)[point.attribute]
+    return getattr(owner, point.attribute)
 
 
 def source_digest(obj: object) -> str | None:
@@ -200,10 +250,10 @@ def verify_patch_points() -> None:
     for point in PATCH_POINTS:
         try:
             module = resolve(point)
-        except ImportError as error:
-            raise _fail(f"module {point.module} ({error})") from error
+        except (ImportError, AttributeError) as error:
+            raise _fail(f"{point.target} ({error})") from error
         if not callable(getattr(module, point.attribute, None)):
-            raise _fail(f"{point.module}.{point.attribute} (patched for: {point.why})")
+            raise _fail(f"{point.target}.{point.attribute} (patched for: {point.why})")
     for dotted, known in REIMPLEMENTED_SOURCES.items():
         module_name, _, attribute = dotted.rpartition(".")
         digest = source_digest(getattr(sys.modules[module_name], attribute))
@@ -231,4 +281,12 @@ def loaded_aliases(original: object, *, skip: set[tuple[str, str]]) -> Iterator[
 
 verify_patch_points()
 
-__all__ = ["PATCH_POINTS", "PatchPoint", "REIMPLEMENTED_SOURCES", "loaded_aliases", "resolve", "verify_patch_points"]
+__all__ = [
+    "PATCH_POINTS",
+    "PatchPoint",
+    "REIMPLEMENTED_SOURCES",
+    "current",
+    "loaded_aliases",
+    "resolve",
+    "verify_patch_points",
+]
