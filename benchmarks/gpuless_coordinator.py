@@ -58,11 +58,10 @@ def coordinator(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from local_vs_stock import add_tuning_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=150)
-    parser.add_argument("--effort", default="full")
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
+    add_tuning_arguments(parser)
     parser.add_argument("--wrong", default="a100")
     parser.add_argument("--reference", help="scaling.py --json output (its 1gpu run is the GPU-seeing coordinator)")
     parser.add_argument("--run-reference", action="store_true",

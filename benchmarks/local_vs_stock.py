@@ -108,12 +108,17 @@ def check_correct(config: helion.Config, args: tuple[torch.Tensor, ...]) -> floa
     return error
 
 
+def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The knobs every GPU benchmark shares: one search, compared like with like."""
+    parser.add_argument("--budget", type=int, default=150, help="autotune_budget_seconds")
+    parser.add_argument("--effort", default="full")
+    parser.add_argument("--size", type=int, default=4096, help="matmul size (size^3, fp16)")
+    parser.add_argument("--seed", type=int, default=0, help="autotune_random_seed and input seed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=150)
-    parser.add_argument("--effort", default="full")
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
+    add_tuning_arguments(parser)
     parser.add_argument("--skip-stock", action="store_true")
     parser.add_argument("--json", default=None, help="write the figures here")
     options = parser.parse_args()

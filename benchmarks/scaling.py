@@ -20,16 +20,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-from local_vs_stock import check_correct, make_args, retime, run_remote  # noqa: E402
+from local_vs_stock import add_tuning_arguments, check_correct, make_args, retime, run_remote  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
-    parser.add_argument("--budget", type=int, default=150)
-    parser.add_argument("--effort", default="full")
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
+    add_tuning_arguments(parser)
     parser.add_argument("--json", default=None)
     options = parser.parse_args()
     if options.gpus < 2:
