@@ -103,6 +103,7 @@ __all__ = [
     "FINAL_REBENCHMARK_ISOLATED_ENV",
     "HAS_FINAL_SELECTION",
     "HelionCompatError",
+    "SUPPORTED_HELION",
     "IsolatedBenchmarkFailure",
     "LocalBenchmarkProvider",
     "_unset_fn",

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import _helion_compat as compat
+from . import _helion_compat  # noqa: F401 - import-time check of the Helion names used
 from .adapter import remote_mode, resolve_algorithm, search_factory
 from .argcodec import upload_args
 from .backends import create_executor, resolve_backend_name

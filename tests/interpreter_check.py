@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 import helion  # noqa: E402
 from helion_remote.worker.interpreter_libdevice import install_interpreter_libdevice  # noqa: E402
-from helion_remote.worker.runtime import _install_interpreter_num_sm  # noqa: E402
+from helion_remote.worker.interpreter import install_interpreter_num_sm  # noqa: E402
 
 import kernels  # noqa: E402
 
@@ -25,7 +25,7 @@ import kernels  # noqa: E402
 def main() -> None:
     name, config_json = sys.argv[1], sys.argv[2]
     install_interpreter_libdevice()
-    _install_interpreter_num_sm()
+    install_interpreter_num_sm()
     config = helion.Config.from_json(config_json)
     kernel = getattr(kernels, name)
     tuned = helion.kernel(kernel.fn, config=config, static_shapes=True)

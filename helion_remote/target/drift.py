@@ -159,7 +159,7 @@ def load_source_module(kernel_module: SourceModule, work_dir: str | os.PathLike[
     """Import a shipped module from a content-addressed file (Triton needs real files)."""
     import sys
 
-    from ..worker.runtime import register_source_module
+    from ..worker.modules import register_source_module
 
     root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir()) / "helion_remote_modules"
     path = root / kernel_module.digest / f"{kernel_module.name}.py"

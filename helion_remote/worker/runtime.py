@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.util
 import math
 import os
 import socket
 import statistics
-import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,11 +37,12 @@ from ..protocol import (
     RetimeResult,
     RetimeTiming,
     SessionSpec,
-    SourceModule,
     Status,
     WorkerInfo,
 )
 from . import _helion_worker_compat as hc
+from .interpreter import install_interpreter_num_sm, interpreter_mode
+from .modules import JobLoadError, ModuleConflictError, register_source_module, write_once
 
 if TYPE_CHECKING:
     from ..blobs import BlobStore
@@ -55,19 +53,10 @@ CPU_MAX_REPS_DEFAULT = 5
 RETIME_ROUNDS = 3
 LOADED_CACHE_SIZE = 32
 _MAX_MESSAGE = 4000
-_DIGEST_ATTR = "__helion_remote_digest__"
-
-
-class ModuleConflictError(RuntimeError):
-    """A shipped module's name is taken by different code: the process must be replaced."""
 
 
 class BaselineError(RuntimeError):
     """The reference kernel failed, so no candidate of the session can be checked."""
-
-
-class JobLoadError(RuntimeError):
-    """The worker could not stage the job (blob, disk): not the kernel's fault."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,32 +77,6 @@ class CompileOutcome:
     error_class: str | None = None
     error_message: str | None = None
     fatal: bool = False
-
-
-INTERPRETER_NUM_SM = 4
-"""Persistent kernels size their grid from ``helion.runtime.get_num_sm``,
-which refuses CPU tensors; under the interpreter a small fixed "SM count"
-lets those configs run (and be checked) like any other."""
-
-
-def _install_interpreter_num_sm() -> None:
-    import helion.runtime
-
-    original = helion.runtime.get_num_sm
-    if getattr(original, "_helion_remote_interpreter", False):
-        return
-
-    def get_num_sm(device: torch.device, *, reserved_sms: int = 0) -> int:
-        if device.type == "cpu":
-            return max(1, INTERPRETER_NUM_SM - reserved_sms)
-        return original(device, reserved_sms=reserved_sms)
-
-    get_num_sm._helion_remote_interpreter = True  # type: ignore[attr-defined]
-    helion.runtime.get_num_sm = get_num_sm
-
-
-def interpreter_mode() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _message(error: BaseException, captured: str = "") -> str:
@@ -167,7 +130,7 @@ class WorkerRuntime:
             from .interpreter_libdevice import install_interpreter_libdevice
 
             install_interpreter_libdevice()
-            _install_interpreter_num_sm()
+            install_interpreter_num_sm()
         self.device = device or ("cpu" if self.interpreter or not torch.cuda.is_available() else "cuda:0")
         self.cpu_max_reps = cpu_max_reps or int(os.environ.get(CPU_MAX_REPS_ENV, CPU_MAX_REPS_DEFAULT))
         self.sticky = False
@@ -400,9 +363,9 @@ class WorkerRuntime:
             self._loaded.move_to_end(digest)
             return fn
         try:
-            path = _write_once(self.work_dir / "src" / f"{digest}.py", kernel.module_source)
+            path = write_once(self.work_dir / "src" / f"{digest}.py", kernel.module_source)
             module_files = [
-                (m, _write_once(self.work_dir / "modules" / m.digest / f"{m.name}.py", m.source))
+                (m, write_once(self.work_dir / "modules" / m.digest / f"{m.name}.py", m.source))
                 for m in kernel.source_modules
             ]
         except OSError as error:
@@ -536,67 +499,3 @@ def _changed(before: object, after: object) -> bool:
 
 def _tensor_leaves(tree: object) -> list[torch.Tensor]:
     return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
-
-
-def _write_once(path: Path, text: str) -> Path:
-    """Content-addressed file: written atomically once, shared by every process."""
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def register_source_module(module: SourceModule, file: Path) -> None:
-    """Register a shipped module under its own name before the generated code imports it.
-
-    A same-named module already in ``sys.modules`` is reused only when it is
-    the same code; otherwise the process must be replaced (``ModuleConflictError``):
-    the generated code would silently run against the wrong globals.
-    """
-    existing = sys.modules.get(module.name)
-    if existing is not None:
-        if getattr(existing, _DIGEST_ATTR, None) == module.digest:
-            return
-        existing_file = getattr(existing, "__file__", None)
-        if existing_file and _read(existing_file) == module.source:
-            return
-        raise ModuleConflictError(
-            f"module {module.name!r} is already loaded with different code in worker process {os.getpid()}"
-        )
-    _ensure_parents(module.name)
-    spec = importlib.util.spec_from_file_location(module.name, file)
-    if spec is None or spec.loader is None:
-        raise JobLoadError(f"cannot build an import spec for shipped module {module.name} at {file}")
-    mod = importlib.util.module_from_spec(spec)
-    setattr(mod, _DIGEST_ATTR, module.digest)
-    sys.modules[module.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(module.name, None)
-        raise
-
-
-def _ensure_parents(name: str) -> None:
-    """``import a.b as m`` needs ``a`` importable: use the real one, else an empty package."""
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        parent = ".".join(parts[:i])
-        if parent in sys.modules:
-            continue
-        try:
-            importlib.import_module(parent)
-        except ImportError:
-            pkg = types.ModuleType(parent)
-            pkg.__path__ = []
-            sys.modules[parent] = pkg
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return None
