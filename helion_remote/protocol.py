@@ -69,6 +69,9 @@ class Tolerances:
 
     atol: float = 1e-2
     rtol: float = 1e-2
+    scale_atol: bool = True
+    """Helion scales the atol floor by each expected tensor's RMS unless the
+    user pinned ``autotune_baseline_atol``; the worker does the same."""
 
 
 @dataclasses.dataclass(frozen=True)

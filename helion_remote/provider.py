@@ -181,7 +181,11 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
     def _tolerances(self) -> Tolerances:
         atol = self.settings.autotune_baseline_atol
         rtol = self.settings.autotune_baseline_rtol
-        return Tolerances(atol=1e-2 if atol is None else float(atol), rtol=1e-2 if rtol is None else float(rtol))
+        return Tolerances(
+            atol=1e-2 if atol is None else float(atol),
+            rtol=1e-2 if rtol is None else float(rtol),
+            scale_atol=atol is None,
+        )
 
     # -- the search's batch call ---------------------------------------------------
 

@@ -264,3 +264,18 @@ def test_retime_times_every_kernel_on_this_worker(make_runtime) -> None:  # type
     assert [t.kernel_digest for t in result.timings] == [k.digest for k in (*kernels, broken)]
     assert [t.status for t in result.timings] == ["ok", "ok", "error"]
     assert all(math.isfinite(t.perf_ms) for t in result.timings[:2])
+
+
+def test_pinned_atol_is_not_scaled_by_the_expected_rms(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """A user who pins ``autotune_baseline_atol`` gets that atol, as in stock Helion."""
+    import dataclasses
+
+    args = [a * 10 for a in two()]  # RMS of the expected output ~14: scaling matters
+    runtime, spec, _ = make_runtime(rt_add, args)
+    # Off by 0.05 everywhere: inside atol=0.01 scaled by the RMS, outside a pinned 0.01.
+    nudged = edit(source(rt_add, args, [16, 16]), "v_0 = load + load_1", "v_0 = load + load_1 + 0.05")
+    scaled = dataclasses.replace(job(spec, nudged, "scaled"), tolerances=Tolerances(0.01, 0.0, scale_atol=True))
+    pinned = dataclasses.replace(job(spec, nudged, "pinned"), tolerances=Tolerances(0.01, 0.0, scale_atol=False))
+    first, second = runtime.ops(("run", scaled), ("run", pinned))
+    assert first.status == "ok", first.error_message
+    assert second.status == "accuracy_error"

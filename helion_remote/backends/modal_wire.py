@@ -52,7 +52,7 @@ def spec_to_dict(spec: SessionSpec) -> Payload:
         "kernel_name": spec.kernel_name,
         "args_digest": spec.args_digest,
         "reference": kernel_to_dict(spec.reference),
-        "tolerances": [spec.tolerances.atol, spec.tolerances.rtol],
+        "tolerances": [spec.tolerances.atol, spec.tolerances.rtol, spec.tolerances.scale_atol],
         "compile_timeout_s": spec.compile_timeout_s,
         "run_timeout_s": spec.run_timeout_s,
         "target_fingerprint": spec.target_fingerprint,
@@ -66,13 +66,13 @@ def spec_to_dict(spec: SessionSpec) -> Payload:
 
 def spec_from_dict(data: Payload) -> SessionSpec:
     check_wire(data)
-    atol, rtol = data["tolerances"]
+    atol, rtol, *scale = data["tolerances"]
     return SessionSpec(
         session_id=data["session_id"],
         kernel_name=data["kernel_name"],
         args_digest=data["args_digest"],
         reference=kernel_from_dict(data["reference"]),
-        tolerances=Tolerances(atol, rtol),
+        tolerances=Tolerances(atol, rtol, bool(scale[0]) if scale else True),
         compile_timeout_s=data["compile_timeout_s"],
         run_timeout_s=data["run_timeout_s"],
         target_fingerprint=data["target_fingerprint"],
@@ -89,7 +89,7 @@ def job_to_dict(job: BenchmarkJob) -> Payload:
         "kernel": kernel_to_dict(job.kernel),
         "args_digest": job.args_digest,
         "baseline_digest": job.baseline_digest,
-        "tolerances": [job.tolerances.atol, job.tolerances.rtol],
+        "tolerances": [job.tolerances.atol, job.tolerances.rtol, job.tolerances.scale_atol],
         "compile_timeout_s": job.compile_timeout_s,
         "run_timeout_s": job.run_timeout_s,
         "warmup_ms": job.warmup_ms,
@@ -101,13 +101,13 @@ def job_to_dict(job: BenchmarkJob) -> Payload:
 
 def job_from_dict(data: Payload) -> BenchmarkJob:
     check_wire(data)
-    atol, rtol = data["tolerances"]
+    atol, rtol, *scale = data["tolerances"]
     return BenchmarkJob(
         job_id=data["job_id"],
         kernel=kernel_from_dict(data["kernel"]),
         args_digest=data["args_digest"],
         baseline_digest=data["baseline_digest"],
-        tolerances=Tolerances(atol, rtol),
+        tolerances=Tolerances(atol, rtol, bool(scale[0]) if scale else True),
         compile_timeout_s=data["compile_timeout_s"],
         run_timeout_s=data["run_timeout_s"],
         warmup_ms=data["warmup_ms"],

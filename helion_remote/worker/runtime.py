@@ -434,7 +434,8 @@ class WorkerRuntime:
         expected = (session.baseline, session.baseline_post)
         atol, rtol = (0.0, 0.0) if session.bitwise else (job.tolerances.atol, job.tolerances.rtol)
         try:
-            hc.assert_close(actual, expected, atol=atol, rtol=rtol, scale_atol_by_expected_rms=not session.bitwise)
+            hc.assert_close(actual, expected, atol=atol, rtol=rtol,
+                            scale_atol_by_expected_rms=job.tolerances.scale_atol and not session.bitwise)
         except AssertionError as error:
             return str(error)
         return None
