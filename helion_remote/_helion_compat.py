@@ -60,7 +60,7 @@ def _self_check() -> None:
             raise _fail(f"BenchmarkResult.{field}")
     from helion.autotuner.config_spec import ConfigSpec
 
-    for method in ("autotune_reference_config", "shrink_block_sizes_once", "default_config"):
+    for method in ("autotune_reference_config", "default_config"):
         if not hasattr(ConfigSpec, method):
             raise _fail(f"ConfigSpec.{method}")
 
@@ -76,10 +76,6 @@ def provider_default_patch_target() -> tuple[Any, str]:
 def reference_config(config_spec: Any) -> Any:
     """The conservative config Helion uses to compute the accuracy baseline."""
     return config_spec.autotune_reference_config()
-
-
-def shrink_config(config_spec: Any, config: Any) -> Any | None:
-    return config_spec.shrink_block_sizes_once(config)
 
 
 def source_module_names(bound: Any) -> list[str]:
@@ -110,6 +106,5 @@ __all__ = [
     "helion_version",
     "provider_default_patch_target",
     "reference_config",
-    "shrink_config",
     "source_module_names",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import dataclasses
 import math
 import sys
@@ -18,6 +17,7 @@ from .adapter import remote_mode, resolve_algorithm, search_factory
 from .argcodec import upload_args
 from .backends import create_executor, resolve_backend_name
 from .codegen import kernel_definition, kernel_source
+from .kernel_copy import private_kernel
 from .progress import ProgressLine
 from .protocol import RemoteBenchmarkExecutor
 from .provider import RemoteContext, bind_provider
@@ -134,25 +134,6 @@ def autotuner_fn(bound_kernel: Any, args: Sequence[object], **kwargs: object) ->
     return RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
 
 
-def _private_kernel(kernel: Any, effort: str | None, settings: dict[str, object]) -> Any:
-    """A private copy so emulated/remote binds never land in the user's bind cache."""
-    from helion.runtime.kernel import Kernel
-
-    if not isinstance(kernel, Kernel):
-        raise TypeError(
-            f"autotune() needs a @helion.kernel-decorated function, got {type(kernel).__name__}; "
-            "decorate it with @helion.kernel first"
-        )
-    new_settings = copy.copy(kernel.settings)
-    if effort is not None:
-        settings = {**settings, "autotune_effort": effort}
-    for name, value in settings.items():
-        if not hasattr(new_settings, name):
-            raise TypeError(f"unknown Helion setting {name!r}; see helion.Settings for valid names")
-        setattr(new_settings, name, value)
-    return Kernel(kernel.fn, configs=kernel.configs, settings=new_settings)
-
-
 def resolve_target(target: Any, executor: RemoteBenchmarkExecutor, args: Sequence[object]) -> Any:
     """The ``TargetProfile`` to emulate, or None to search the arguments' own device.
 
@@ -220,7 +201,7 @@ def autotune(
     started = time.perf_counter()
     args = tuple(args)
     overrides = {**settings, **({"autotune_effort": effort} if effort is not None else {})}
-    private = _private_kernel(kernel, effort, settings)
+    private = private_kernel(kernel, overrides)
     stats = RunStats()
     progress = ProgressLine() if private.settings.autotune_progress_bar else None
     context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
@@ -242,14 +223,12 @@ def autotune(
                 context.space_report = space_report(bound)
                 context.kernel_definition, context.kernel_attr = definition
                 context.settings = tuple(sorted(overrides.items()))
-        provider_cls = bind_provider(context)
         if bound.settings.autotune_effort == "none":
             config = bound.config_spec.default_config()
         else:
             factory = search_factory(bound, search_args, algorithm_cls, **(algorithm_options or {}))
-            with remote_mode(provider_cls, str(bound.settings.autotune_effort)):
-                cache = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
-                config = cache.autotune(skip_cache=True)
+            # The cache enters remote_mode for the whole run (trials included).
+            config = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context).autotune()
         best_ms = context.last_perf_ms.get(kernel_source(bound, config).digest, math.inf)
         decorator = bound.format_kernel_decorator(config, bound.settings)
     stats.wall_s = time.perf_counter() - started

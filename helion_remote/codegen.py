@@ -54,6 +54,11 @@ def _module_source(module: Any) -> str:
     return inspect.getsource(module)
 
 
+def _ship_name(name: str, source: str) -> str:
+    """The worker has its own ``__main__``: a script's module travels under a content-derived name."""
+    return f"_helion_remote_main_{sha256_hex(source)[:12]}" if name == "__main__" else name
+
+
 def shipped_modules(bound: Any, module_source: str) -> tuple[str, tuple[SourceModule, ...]]:
     """User modules the generated code imports, shipped by content.
 
@@ -67,9 +72,8 @@ def shipped_modules(bound: Any, module_source: str) -> tuple[str, tuple[SourceMo
         if module is None or _is_installed(module):
             continue
         source = _module_source(module)
-        ship_name = name
-        if name == "__main__":
-            ship_name = f"_helion_remote_main_{sha256_hex(source)[:12]}"
+        ship_name = _ship_name(name, source)
+        if ship_name != name:
             module_source = re.sub(
                 r"^import __main__ as ", f"import {ship_name} as ", module_source, flags=re.MULTILINE
             )
@@ -90,9 +94,7 @@ def kernel_definition(kernel: Any) -> tuple[SourceModule, str] | None:
         source = _module_source(module)
     except (OSError, TypeError):
         return None
-    name = module.__name__
-    if name == "__main__":
-        name = f"_helion_remote_main_{sha256_hex(source)[:12]}"
+    name = _ship_name(module.__name__, source)
     attr = next((key for key, value in vars(module).items() if value is kernel), kernel.fn.__name__)
     return SourceModule(name, source), attr
 

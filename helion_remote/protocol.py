@@ -9,6 +9,7 @@ worker *compiles, checks and times* it, and failures come back as values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -39,7 +40,7 @@ class SourceModule:
     name: str
     source: str
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return sha256_hex(self.name + "\0" + self.source)
 
@@ -52,12 +53,13 @@ class KernelSource:
     entry_name: str
     source_modules: tuple[SourceModule, ...] = ()
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
+        """Hashed once per object: read for every job, result and re-timing."""
         parts = [self.entry_name, self.module_source, *(m.digest for m in self.source_modules)]
         return sha256_hex("\0".join(parts))
 
-    @property
+    @functools.cached_property
     def modules_digest(self) -> str:
         """Identity of the shipped modules: workers need a fresh process per value."""
         return sha256_hex("\0".join(m.digest for m in self.source_modules))

@@ -342,16 +342,10 @@ class FakeSession:
         self._closed = True
 
 
-def random_rate_faults(rate: float, kinds: Sequence[FaultKind] = FAULT_KINDS) -> list[FaultRule]:  # type: ignore[assignment]
-    """One rule per kind at ``rate``: a quick way to stress a pipeline."""
-    return [FaultRule(kind, rate=rate) for kind in kinds]
-
-
 __all__ = [
     "FAULT_KINDS",
     "FakeExecutor",
     "FakeSession",
     "FaultRule",
     "default_cost_model",
-    "random_rate_faults",
 ]

@@ -16,7 +16,7 @@ Coordinator::
     upload = upload_args(executor.blob_store, args)       # the REAL args, as today
     with emulate_target(profile):             # open BEFORE the bind ...
         fake = stand_in_args(args)            # FakeTensors on cuda:0, no memory
-        bound = _private_kernel(kernel, ...).bind(fake)   # private copy: emulated binds never reach the user's bind cache
+        bound = private_kernel(kernel, ...).bind(fake)   # private copy: emulated binds never reach the user's bind cache
         report = space_report(bound)          # for the drift check below
         search = search_factory(bound, fake, algorithm)() # the search gets the stand-ins too
         config = <run the search as today>

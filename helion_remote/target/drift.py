@@ -138,21 +138,9 @@ def config_space_report(
     kernel: Any = module
     for part in kernel_attr.split("."):
         kernel = getattr(kernel, part)
+    from ..kernel_copy import private_kernel
+
     return space_report(private_kernel(kernel, settings).bind(tuple(args)))
-
-
-def private_kernel(kernel: Any, settings: Mapping[str, object] | None) -> Any:
-    """A fresh ``Kernel`` with ``settings`` applied: both sides must bind the same way."""
-    import copy
-
-    from helion.runtime.kernel import Kernel
-
-    new_settings = copy.copy(kernel.settings)
-    for name, value in (settings or {}).items():
-        if not hasattr(new_settings, name):
-            raise TypeError(f"unknown Helion setting {name!r}")
-        setattr(new_settings, name, value)
-    return Kernel(kernel.fn, configs=kernel.configs, settings=new_settings)
 
 
 def load_source_module(kernel_module: SourceModule, work_dir: str | os.PathLike[str] | None = None) -> Any:
@@ -232,6 +220,5 @@ __all__ = [
     "config_space_report",
     "differing_fields",
     "load_source_module",
-    "private_kernel",
     "space_report",
 ]
