@@ -33,7 +33,7 @@ from helion_remote.target import (
     stand_in_args,
 )
 from helion_remote.target import patches, probe_kernels
-from helion_remote.target.drift import private_kernel
+from helion_remote.kernel_copy import private_kernel
 from helion_remote.target.validate import probe_source_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -266,7 +266,7 @@ NO_TRITON_SCRIPT = textwrap.dedent(
         has_triton = False
     from helion_remote.target import emulated_probe_reports, space_report
     from helion_remote.target import probe_kernels
-    from helion_remote.target.drift import private_kernel
+    from helion_remote.kernel_copy import private_kernel
     reports = emulated_probe_reports("h100")
     cpu = space_report(private_kernel(probe_kernels.matmul, None).bind(probe_kernels.probe_args("matmul", "cpu", 256)))
     print("@@" + json.dumps({"has_triton": has_triton, "cpu_dims": cpu["flat_dims"],

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helion_remote.target import emulate_target, load_profile, patches, probe_kernels, space_report, stand_in_args
-from helion_remote.target.drift import private_kernel
+from helion_remote.kernel_copy import private_kernel
 
 
 def _class_points() -> dict[str, object]:
