@@ -24,7 +24,9 @@ import torch
 import helion
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.dirname(__file__))
 from matmul import matmul  # noqa: E402  (the example's kernel: one definition)
+from search_phases import record_phases  # noqa: E402
 
 
 def make_args(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,12 +44,14 @@ def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: in
     bound = kernel.bind(args)
     profile = get_effort_profile(effort)
     search = PatternSearch(bound, args, **PatternSearch.get_kwargs_from_profile(profile, bound.settings))
-    start = time.perf_counter()
-    config = search.autotune()
-    wall = time.perf_counter() - start
+    with record_phases() as phases:
+        start = time.perf_counter()
+        config = search.autotune()
+        wall = time.perf_counter() - start
     metrics = search._autotune_metrics
     return {"config": config, "wall_s": wall, "configs": metrics.num_configs_tested,
-            "reported_ms": float(getattr(search, "best_perf_so_far", float("nan")))}
+            "reported_ms": float(getattr(search, "best_perf_so_far", float("nan"))),
+            "phases": phases.summary(wall), "events": phases.events}
 
 
 def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int]) -> dict[str, object]:
@@ -55,13 +59,16 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
     from helion_remote.backends.local import LocalExecutor
 
     executor = LocalExecutor(devices=devices)
-    start = time.perf_counter()
-    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
-                                    autotune_budget_seconds=budget, autotune_random_seed=seed)
-    wall = time.perf_counter() - start
+    with record_phases() as phases:
+        start = time.perf_counter()
+        result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
+                                        autotune_budget_seconds=budget, autotune_random_seed=seed)
+        wall = time.perf_counter() - start
     executor.close()
     return {"config": result.config, "wall_s": wall, "configs": result.stats["configs_measured"],
-            "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline_summary(result.records, wall)}
+            "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline_summary(result.records, wall),
+            "phases": phases.summary(wall), "events": phases.events, "records": result.records,
+            "started_at_epoch": time.time() - wall}
 
 
 def pipeline_summary(records: list[dict[str, object]], wall_s: float) -> dict[str, float]:
@@ -145,10 +152,14 @@ def main() -> None:
         print(f"{name:<8}{run['configs']:>9}{run['wall_s']:>9.1f}{rate:>11.2f}{run['reported_ms']:>13.4f}{timed[name]:>13.4f}{errors[name]:>10.1e}")
     print(f"{'cublas':<8}{'':>9}{'':>9}{'':>11}{'':>13}{timed['cublas']:>13.4f}")
     if "stock" in runs:
+        evaluated = runs["remote"]["phases"]["evaluated_per_s"] / runs["stock"]["phases"]["evaluated_per_s"]
+        print(f"configs evaluated/s (answered, failed included, same count for both) remote/stock: {evaluated:.2f}x")
         speed = runs["remote"]["configs_per_s"] / runs["stock"]["configs_per_s"]
         latency = timed["remote"] / timed["stock"]
         print(f"\nconfigs/s ratio remote/stock: {speed:.2f}x (target >= 2.0)  "
               f"re-timed best latency ratio remote/stock: {latency:.4f} (target <= 1.01)")
+    for name, run in runs.items():
+        print(f"{name} phases:", json.dumps(run["phases"]))
     print("remote stats:", json.dumps(runs["remote"]["stats"]))
     print("remote pipeline:", json.dumps(runs["remote"]["pipeline"]))
     if options.json:

@@ -49,6 +49,8 @@ def main() -> None:
         print(f"{name:<8}{run['configs']:>9}{run['wall_s']:>9.1f}{run['configs_per_s']:>11.2f}"
               f"{run['reported_ms']:>13.4f}{timed[name]:>13.4f}  {run['stats']['retime_workers']}")
         print(f"         pipeline: {json.dumps(run['pipeline'])}")
+        print(f"         phases: {json.dumps(run['phases'])}")
+        print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}")
     one, many = runs["1gpu"], runs[f"{options.gpus}gpu"]
     speedup = many["configs_per_s"] / one["configs_per_s"]
     print(f"\nconfigs/s {options.gpus} GPUs / 1 GPU: {speedup:.2f}x (target >= {0.9 * options.gpus:.2f}); "

@@ -172,6 +172,7 @@ def autotune(
     effort: str | None = None,
     algorithm_options: dict[str, object] | None = None,
     max_infra_retries: int = 3,
+    deduplicate_sources: bool = True,
     print_result: bool = True,
     **settings: object,
 ) -> AutotuneResult:
@@ -186,6 +187,10 @@ def autotune(
     arguments search their own device, anything else asks the backend.  With
     a target, the worker checks the space against the real arguments before
     any candidate is timed (``TargetDriftError`` on a mismatch).
+
+    ``deduplicate_sources``: configs that generate a byte-identical module
+    (Helion maps several configs to the same code) are measured once per
+    search and share that result; ``stats["deduplicated"]`` counts them.
 
     ``algorithm_options`` are keyword arguments for the search class (they
     override the effort profile's), ``settings`` are Helion settings
@@ -205,6 +210,7 @@ def autotune(
     stats = RunStats()
     progress = ProgressLine() if private.settings.autotune_progress_bar else None
     context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
+    context.deduplicate_sources = deduplicate_sources
     profile = resolve_target(target, executor, args)
     with contextlib.ExitStack() as stack:
         search_args: tuple[object, ...] = args

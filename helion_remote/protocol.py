@@ -155,6 +155,14 @@ class JobResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     kernel_digest: str = ""
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds per stage where the backend knows them (``queue``, ``compile``,
+    ``load``, ``first_call``, ``check``, ``time``): the journal says where a
+    job's time went."""
+
+    def with_stages(self, **stages: float) -> JobResult:
+        """This result with more stage durations (the backend adds what the worker cannot see)."""
+        return dataclasses.replace(self, stages={**self.stages, **stages})
 
     @property
     def ok(self) -> bool:
@@ -190,6 +198,8 @@ class RetimeResult:
     worker_id: str = ""
     device_name: str = ""
     device_uuid: str = ""
+    workers: tuple[str, ...] = ()
+    """Every worker that timed a share (``retime_spread``); empty means ``worker_id`` alone."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +243,11 @@ class RemoteSession(Protocol):
         lives, so a multi-window final selection compares like with like.
         """
         ...
+
+    # Optional: ``retime_spread(kernels, *, warmup_ms, rep_ms, timeout_s)`` re-times a
+    # population over several same-model workers, anchored to ``kernels[0]`` and
+    # reported in ``retime``'s units (see ``LocalExecutor``).  Sessions without it
+    # get ``retime``.
 
     def close(self) -> None: ...
 

@@ -74,6 +74,8 @@ class RemoteContext:
     kernel_attr: str | None = None
     settings: tuple[tuple[str, object], ...] = ()
     progress: Callable[..., None] | None = None
+    deduplicate_sources: bool = True
+    """Configs whose generated module is byte-identical are measured once per session."""
     last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Latest timing per config key: batch timings, overwritten by finalist re-timing."""
     _job_counter: itertools.count = dataclasses.field(default_factory=itertools.count)
@@ -114,6 +116,8 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         self._effective_source_repairs: dict[Any, Any] = {}
         self._compiler_seed_configs: set[Any] = set()
         self._session: RemoteSession | None = None
+        self._source_results: dict[str, JobResult] = {}
+        """Final result per generated-source digest in this session (source dedup)."""
         _reject_local_only_settings(settings)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -205,6 +209,9 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             for c in configs
         ]
         jobs: dict[str, tuple[int, BenchmarkJob, RemoteKernel]] = {}
+        copies: list[tuple[int, str, RemoteKernel]] = []
+        """(index, digest, handle) of configs whose source is already measured or in flight."""
+        in_flight: set[str] = set()
         state = {"raise": None}
 
         def generate() -> Iterator[BenchmarkJob]:
@@ -231,6 +238,10 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
                     continue
                 finally:
                     ctx.stats.codegen_s += time.perf_counter() - started
+                if ctx.deduplicate_sources and (source.digest in in_flight or source.digest in self._source_results):
+                    copies.append((index, source.digest, RemoteKernel(source, config)))
+                    continue
+                in_flight.add(source.digest)
                 job = BenchmarkJob(
                     job_id=ctx.next_job_id(),
                     kernel=source,
@@ -264,23 +275,32 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         )
         if state["raise"] is not None:
             raise state["raise"]
-        for job_id, (index, _job, handle) in jobs.items():
+        for job_id, (index, job, handle) in jobs.items():
             results[index] = self._to_helion(configs[index], handle, finals[job_id])
+            self._source_results[job.kernel.digest] = finals[job_id]
+        for index, digest, handle in copies:
+            ctx.stats.deduplicated += 1
+            results[index] = self._to_helion(configs[index], handle, self._source_results[digest], measured=False)
         return results
 
     def _nothing_measured(self) -> bool:
         return self._autotune_metrics.num_successful_candidate_measurements == 0
 
-    def _to_helion(self, config: Any, handle: RemoteKernel, result: JobResult) -> Any:
+    def _to_helion(self, config: Any, handle: RemoteKernel, result: JobResult, *, measured: bool = True) -> Any:
+        """Helion's ``BenchmarkResult`` for ``result``; ``measured=False`` reuses a same-source result."""
         stats = self.context.stats
-        stats.configs_measured += 1
-        self._autotune_metrics.num_configs_tested += 1
+        if measured:
+            stats.configs_measured += 1
+            self._autotune_metrics.num_configs_tested += 1
         if result.status == "ok" and math.isfinite(result.perf_ms):
-            self._autotune_metrics.num_successful_candidate_measurements += 1
+            if measured:
+                self._autotune_metrics.num_successful_candidate_measurements += 1
             status, perf = "ok", result.perf_ms
-            self.context.last_perf_ms[handle.source.digest] = perf
+            if measured:
+                self.context.last_perf_ms[handle.source.digest] = perf
         else:
-            stats.failures[result.status] += 1
+            if measured:
+                stats.failures[result.status] += 1
             status, perf = _STATUS_TO_HELION.get(result.status, "error"), math.inf
             if status == "ok":  # ok but no finite time: treat as an error
                 status = "error"
@@ -349,8 +369,14 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             return timings
         session = self._ensure_session()
         started = time.perf_counter()
-        result = session.retime(
-            [h.source for h in known],
+        # One timing per distinct module, best-known first (the anchor of a spread re-time).
+        sources = sorted({h.source.digest: h.source for h in known}.values(),
+                         key=lambda k: self.context.last_perf_ms.get(k.digest, math.inf))
+        # The population re-benchmark may spread over same-model GPUs; finalist
+        # windows (fresh processes, pinned argument slots) stay on one worker.
+        spread = getattr(session, "retime_spread", None) if not fresh_process and args_slots is None else None
+        result = (spread or session.retime)(
+            sources,
             warmup_ms=float(warmup),
             rep_ms=float(rep),
             timeout_s=float(timeout if timeout is not None else self.settings.autotune_benchmark_timeout),
@@ -358,8 +384,10 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         stats = self.context.stats
         stats.retime_calls += 1
         stats.retime_s += time.perf_counter() - started
-        stats.retimed_kernels += len(known)
-        if result.worker_id:
+        stats.retimed_kernels += len(sources)
+        if spread is not None:
+            stats.population_retime_workers.update(result.workers or (result.worker_id,))
+        elif result.worker_id:
             stats.retime_workers.add(result.worker_id)
         by_digest = {t.kernel_digest: t for t in result.timings}
         for index, handle in enumerate(handles):

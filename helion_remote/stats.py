@@ -13,6 +13,8 @@ class RunStats:
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
     infra_retries: int = 0
     codegen_failures: int = 0
+    deduplicated: int = 0
+    """Configs answered with the result of a byte-identical generated module (not re-measured)."""
     budget_skipped: int = 0
     """Configs the search asked for after a time or cost budget was spent (never dispatched)."""
     blob_bytes_uploaded: int = 0
@@ -24,6 +26,9 @@ class RunStats:
     """Wall time the search spent waiting for finalist/population re-timing."""
     retimed_kernels: int = 0
     retime_workers: set[str] = dataclasses.field(default_factory=set)
+    """Workers that re-timed finalists (one per session by design)."""
+    population_retime_workers: set[str] = dataclasses.field(default_factory=set)
+    """Workers that shared the population re-benchmarks (anchored spread)."""
     workers_used: set[str] = dataclasses.field(default_factory=set)
     devices_used: set[str] = dataclasses.field(default_factory=set)
     records: list[dict[str, object]] = dataclasses.field(default_factory=list)
@@ -43,6 +48,7 @@ class RunStats:
                     "worker_id": result.worker_id,
                     "started_at": result.started_at,
                     "finished_at": result.finished_at,
+                    "stages": dict(getattr(result, "stages", {}) or {}),
                 }
             )
 
@@ -52,6 +58,7 @@ class RunStats:
             "failures": dict(self.failures),
             "infra_retries": self.infra_retries,
             "codegen_failures": self.codegen_failures,
+            "deduplicated": self.deduplicated,
             "budget_skipped": self.budget_skipped,
             "blob_bytes_uploaded": self.blob_bytes_uploaded,
             "blob_puts": self.blob_puts,
@@ -61,6 +68,7 @@ class RunStats:
             "retime_s": round(self.retime_s, 3),
             "retimed_kernels": self.retimed_kernels,
             "retime_workers": sorted(self.retime_workers),
+            "population_retime_workers": sorted(self.population_retime_workers),
             "workers_used": sorted(self.workers_used),
             "devices_used": sorted(self.devices_used),
             "codegen_s": round(self.codegen_s, 4),

@@ -18,18 +18,20 @@ from __future__ import annotations
 import atexit
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import os
 import queue
 import threading
+import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..blobs import BlobStore, DirectoryBlobStore, default_cache_dir
-from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
+from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
 from ..worker.process import WorkerHandle, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,19 @@ class _Task:
     results: queue.SimpleQueue[JobResult]
     compile_time_s: float | None = None
     cancelled: bool = False
+    queued_at: float = dataclasses.field(default_factory=time.monotonic)
+    compile_started_at: float | None = None
+    compiled_at: float | None = None
+
+    def stages(self, run_started_at: float) -> dict[str, float]:
+        """Where the job waited before its device stage (the journal's ``stages``)."""
+        if self.compile_started_at is None or self.compiled_at is None:
+            return {"queue": run_started_at - self.queued_at}
+        return {
+            "queue": self.compile_started_at - self.queued_at,
+            "compile_wall": self.compiled_at - self.compile_started_at,
+            "ready_wait": run_started_at - self.compiled_at,
+        }
 
 
 class LocalExecutor:
@@ -137,6 +152,11 @@ class LocalExecutor:
         """Open ``spec`` on every device worker now, so a broken reference fails here."""
         self._start()
         self._compile_slots = self._compile_slots_for(spec)
+        for handle in self._compilers[: self._compile_slots]:
+            # Load the arguments on the compile workers while the device workers
+            # run the baseline; a failure here resurfaces on the first compile.
+            warm = functools.partial(handle.ensure_session, spec, baseline=False)
+            threading.Thread(target=_quietly, args=(warm,), daemon=True).start()
         errors: list[str] = []
         opened: list[str] = []
         reports: dict[str, dict[str, object] | None] = {}
@@ -203,6 +223,10 @@ class LocalExecutor:
         starters = [threading.Thread(target=h.start, daemon=True) for h in self._devices]
         for t in starters:
             t.start()
+        # Compile workers start in the background (a compile request waits for
+        # its worker), so the first batch does not pay 16 interpreter starts.
+        for handle in self._compilers:
+            threading.Thread(target=_quietly, args=(handle.start,), daemon=True).start()
         for t in starters:
             t.join()
         for handle in self._devices:
@@ -254,13 +278,16 @@ class LocalExecutor:
                     return
                 task = self._pending.popleft()
                 self._admitted += 1
+            task.compile_started_at = time.monotonic()
             outcome = handle.compile(task.session.spec, task.job)
+            task.compiled_at = time.monotonic()
             task.compile_time_s = outcome.compile_time_s
             # A compile timeout, or an expected Triton compile failure (not "raise"
             # class), is final.  Anything else is confirmed by the device worker.
             final = outcome.status == "timeout" or (outcome.status == "error" and not outcome.fatal)
             if final:
-                self._finish(task, _compile_result(task.job, outcome, handle), admitted=True)
+                result = _compile_result(task.job, outcome, handle)
+                self._finish(task, result.with_stages(**task.stages(task.compiled_at)), admitted=True)
                 continue
             with self._cond:
                 if task.cancelled:
@@ -277,8 +304,9 @@ class LocalExecutor:
                     self._cond.wait()
                 if self._closed:
                     return
+            run_started = time.monotonic()
             result = handle.run_job(task.session.spec, task.job, task.compile_time_s)
-            self._finish(task, result, admitted=bool(self._compilers))
+            self._finish(task, result.with_stages(**task.stages(run_started)), admitted=bool(self._compilers))
 
     def _take_for(self, handle: WorkerHandle) -> _Task | None:
         """The oldest task this worker may run (``avoid_workers`` holds if another worker exists)."""
@@ -335,13 +363,75 @@ class _LocalSession:
     ) -> RetimeResult:
         return self._retime_worker.retime(self.spec, kernels, warmup_ms, rep_ms, timeout_s)
 
+    def retime_spread(
+        self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
+    ) -> RetimeResult:
+        """Re-time a population over every device worker, in ``retime``'s units.
+
+        ``kernels[0]`` is the anchor: every worker times it with its share of
+        the rest, and each worker's timings are scaled by
+        ``anchor on retime worker / anchor on that worker``, so GPU-to-GPU
+        clock differences cancel.  For the search's population re-benchmark
+        (outlier removal), which otherwise serializes on one GPU; finalists
+        stay on ``retime``.  One worker, or too few kernels: same as ``retime``.
+        """
+        workers = [self._retime_worker, *(h for h in self._executor._devices if h is not self._retime_worker)]
+        if len(workers) < 2 or len(kernels) < 2 * len(workers):
+            return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
+        anchor, rest = kernels[0], list(kernels[1:])
+        groups = [[anchor, *rest[i :: len(workers)]] for i in range(len(workers))]
+        results: list[RetimeResult | None] = [None] * len(workers)
+
+        def run(index: int) -> None:
+            results[index] = workers[index].retime(self.spec, groups[index], warmup_ms, rep_ms, timeout_s)
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(workers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reference = _anchor_ms(results[0], anchor.digest)
+        timings: dict[str, RetimeTiming] = {t.kernel_digest: t for t in results[0].timings}  # type: ignore[union-attr]
+        used = [results[0].worker_id]  # type: ignore[union-attr]
+        redo: list[KernelSource] = []
+        for index in range(1, len(workers)):
+            result = results[index]
+            theirs = _anchor_ms(result, anchor.digest)
+            if reference is None or theirs is None:
+                redo.extend(groups[index][1:])  # no common scale: time them on the retime worker
+                continue
+            used.append(result.worker_id)  # type: ignore[union-attr]
+            for timing in result.timings:  # type: ignore[union-attr]
+                if timing.kernel_digest != anchor.digest:
+                    timings[timing.kernel_digest] = _scaled(timing, reference / theirs)
+        if redo:
+            again = self.retime([anchor, *redo], warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
+            timings.update({t.kernel_digest: t for t in again.timings if t.kernel_digest != anchor.digest})
+        first = results[0]
+        assert first is not None
+        return RetimeResult(
+            tuple(timings[k.digest] for k in kernels if k.digest in timings),
+            first.worker_id, first.device_name, first.device_uuid, workers=tuple(used),
+        )
+
     def close(self) -> None:
         self._closed = True
 
 
-def _compile_result(job: BenchmarkJob, outcome: object, handle: WorkerHandle) -> JobResult:
-    import time
+def _anchor_ms(result: RetimeResult | None, digest: str) -> float | None:
+    for timing in result.timings if result is not None else ():
+        if timing.kernel_digest == digest and timing.status == "ok" and math.isfinite(timing.perf_ms) and timing.perf_ms > 0:
+            return timing.perf_ms
+    return None
 
+
+def _scaled(timing: RetimeTiming, factor: float) -> RetimeTiming:
+    if timing.status != "ok":
+        return timing
+    return dataclasses.replace(timing, perf_ms=timing.perf_ms * factor)
+
+
+def _compile_result(job: BenchmarkJob, outcome: object, handle: WorkerHandle) -> JobResult:
     from ..worker.runtime import CompileOutcome
 
     assert isinstance(outcome, CompileOutcome)
@@ -361,6 +451,14 @@ def _compile_result(job: BenchmarkJob, outcome: object, handle: WorkerHandle) ->
         finished_at=now,
         kernel_digest=job.kernel.digest,
     )
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    """Run a warm-up step whose failure the next real request reports properly."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001
+        log.debug("warm-up step %s failed: %s", call, error)
 
 
 def _visible_gpus(devices: Sequence[int] | None) -> list[tuple[int, str, int]]:

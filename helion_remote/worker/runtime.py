@@ -257,23 +257,32 @@ class WorkerRuntime:
             **_device_fields(self.info()),
         )
 
-        def result(status: Status, **fields: Any) -> JobResult:
-            return JobResult(status=status, finished_at=time.time(), **base, **fields)  # type: ignore[arg-type]
-
         compiled_s: float | None = None
+        stages: dict[str, float] = {}
+
+        def result(status: Status, **fields: Any) -> JobResult:
+            return JobResult(status=status, finished_at=time.time(), stages=stages, **base, **fields)  # type: ignore[arg-type]
+
         try:
             session = self._require_session(job.args_digest, job.baseline_digest)
             t0 = time.perf_counter()
             fn = self._load(job.kernel)
+            t1 = time.perf_counter()
+            stages["load"] = t1 - t0
             args = self._fresh_args(session)
             output = self._first_call(fn, args)
-            first_call_s = time.perf_counter() - t0
+            t2 = time.perf_counter()
+            stages["first_call"] = t2 - t1
+            first_call_s = t2 - t0
             compiled_s = compile_time_s if compile_time_s is not None else first_call_s
             problem = self._accuracy_problem(session, output, args, job)
+            t3 = time.perf_counter()
+            stages["check"] = t3 - t2
             if problem is not None:
                 return result("accuracy_error", error_message=problem[:_MAX_MESSAGE], compile_time_s=compiled_s,
                               error_class="AssertionError")
             perf = self._time(fn, self._fresh_args(session), job.warmup_ms, job.rep_ms)
+            stages["time"] = time.perf_counter() - t3
         except ModuleConflictError:
             raise
         except JobLoadError as error:
