@@ -64,11 +64,21 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
         result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
                                         autotune_budget_seconds=budget, autotune_random_seed=seed)
         wall = time.perf_counter() - start
+    startup = executor.startup_report()
     executor.close()
     return {"config": result.config, "wall_s": wall, "configs": result.stats["configs_measured"],
             "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline_summary(result.records, wall),
             "phases": phases.summary(wall), "events": phases.events, "records": result.records,
-            "started_at_epoch": time.time() - wall}
+            "started_at_epoch": time.time() - wall, "startup": startup_summary(startup)}
+
+
+def startup_summary(report: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Device-worker start and session open, and the compile workers' slowest start."""
+    def worst(kind: str, key: str) -> float:
+        return round(max((t.get(key, 0.0) for w, t in report.items() if kind in w), default=float("nan")), 2)
+
+    return {"gpu_start_s": worst("gpu", "start"), "gpu_open_session_s": worst("gpu", "open_session"),
+            "compile_start_max_s": worst("compile", "start"), "compile_open_max_s": worst("compile", "open_session")}
 
 
 def pipeline_summary(records: list[dict[str, object]], wall_s: float) -> dict[str, float]:
@@ -162,6 +172,7 @@ def main() -> None:
         print(f"{name} phases:", json.dumps(run["phases"]))
     print("remote stats:", json.dumps(runs["remote"]["stats"]))
     print("remote pipeline:", json.dumps(runs["remote"]["pipeline"]))
+    print("remote startup:", json.dumps(runs["remote"]["startup"]))
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({name: {k: (v.to_json() if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}

@@ -50,6 +50,7 @@ def main() -> None:
               f"{run['reported_ms']:>13.4f}{timed[name]:>13.4f}  {run['stats']['retime_workers']}")
         print(f"         pipeline: {json.dumps(run['pipeline'])}")
         print(f"         phases: {json.dumps(run['phases'])}")
+        print(f"         startup: {json.dumps(run['startup'])}, session open {run['stats']['session_open_s']} s")
         print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}")
     one, many = runs["1gpu"], runs[f"{options.gpus}gpu"]
     speedup = many["configs_per_s"] / one["configs_per_s"]

@@ -149,7 +149,9 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
                 kernel_attr=ctx.kernel_attr,
                 settings=ctx.settings,
             )
+            opened = time.perf_counter()
             self._session = ctx.executor.open_session(spec)
+            ctx.stats.session_open_s += time.perf_counter() - opened
             ctx.stats.sessions += 1
             self._check_drift(self._session)
         return self._session

@@ -21,6 +21,8 @@ class RunStats:
     blob_puts: int = 0
     blob_puts_skipped: int = 0
     sessions: int = 0
+    session_open_s: float = 0.0
+    """Wall time in ``open_session`` (worker start-up, argument fetch, baseline)."""
     retime_calls: int = 0
     retime_s: float = 0.0
     """Wall time the search spent waiting for finalist/population re-timing."""
@@ -64,6 +66,7 @@ class RunStats:
             "blob_puts": self.blob_puts,
             "blob_puts_skipped": self.blob_puts_skipped,
             "sessions": self.sessions,
+            "session_open_s": round(self.session_open_s, 3),
             "retime_calls": self.retime_calls,
             "retime_s": round(self.retime_s, 3),
             "retimed_kernels": self.retimed_kernels,

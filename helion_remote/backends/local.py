@@ -43,6 +43,8 @@ INTERPRETER_WARNING = (
 _CONTEXT_BYTES = 768 << 20
 """Rough CUDA context + allocator overhead of one compile worker on a GPU."""
 _COMPILE_MEMORY_FRACTION = 0.25
+_COMPILE_NICE = 10
+"""Compile workers run niced: the device workers (and the coordinator) are the critical path."""
 
 
 class MixedDevicesError(RuntimeError):
@@ -104,10 +106,10 @@ class LocalExecutor:
                 )
         self._gpu_memory = sum(mem for _, _, mem in gpus)
 
-        def spec(worker_id: str, device: int | None) -> WorkerSpec:
+        def spec(worker_id: str, device: int | None, nice: int = 0) -> WorkerSpec:
             return WorkerSpec(
                 worker_id, self._blob_store, self._work_dir, device,
-                timeout_margin_s=timeout_margin_s, start_timeout_s=start_timeout_s,
+                timeout_margin_s=timeout_margin_s, start_timeout_s=start_timeout_s, nice=nice,
             )
 
         host = os.uname().nodename
@@ -120,7 +122,8 @@ class LocalExecutor:
             self._devices = [WorkerHandle(spec(f"local-{host}-gpu{i}", i)) for i, _, _ in gpus]
             n_compile = compile_workers if compile_workers is not None else (os.cpu_count() or 1)
             self._compilers = [
-                WorkerHandle(spec(f"local-{host}-compile{j}", gpus[j % len(gpus)][0])) for j in range(n_compile)
+                WorkerHandle(spec(f"local-{host}-compile{j}", gpus[j % len(gpus)][0], nice=_COMPILE_NICE))
+                for j in range(n_compile)
             ]
         # In flight per GPU: everything its share of the compile pool is
         # compiling, plus a buffer of compiled candidates so compile-time
@@ -189,6 +192,10 @@ class LocalExecutor:
         if self.interpreter:
             return None
         return self._devices[0].target_profile()
+
+    def startup_report(self) -> dict[str, dict[str, float]]:
+        """Seconds each worker took to start and to open its last session."""
+        return {h.worker_id: dict(h.timings) for h in [*self._devices, *self._compilers] if h.timings}
 
     def close(self) -> None:
         with self._cond:

@@ -65,6 +65,8 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
     start_timeout_s: float = 300.0
     timeout_margin_s: float = 10.0
+    nice: int = 0
+    """Added to the child's niceness: compile workers yield the CPU to device workers."""
 
 
 class WorkerDied(RuntimeError):
@@ -107,6 +109,9 @@ def _child_main(conn: Connection, spec: WorkerSpec) -> None:
         os.setsid()  # own process group: the parent kills compiler grandchildren too
     except OSError:
         pass
+    if spec.nice:
+        with contextlib.suppress(OSError):
+            os.nice(spec.nice)
     os.environ.update(child_environment(spec))
     from .runtime import ModuleConflictError, WorkerRuntime
 
@@ -178,6 +183,8 @@ class WorkerHandle:
         self._info: WorkerInfo | None = None
         self.restarts = 0
         self.closed = False
+        self.timings: dict[str, float] = {}
+        """Seconds of the last start (``start``) and session open (``open_session``), for reports."""
 
     @property
     def worker_id(self) -> str:
@@ -205,6 +212,7 @@ class WorkerHandle:
                     os.environ.clear()
                     os.environ.update(saved)
             child.close()
+            started = time.perf_counter()
             self._process, self._conn, self._session_key = process, parent, None
             try:
                 reply = self._receive(self.spec.start_timeout_s)
@@ -215,6 +223,7 @@ class WorkerHandle:
                 self._kill()
                 raise RuntimeError(f"worker {self.worker_id} failed to start: {reply[1]}")
             self._info = reply[1]
+            self.timings["start"] = time.perf_counter() - started
             return reply[1]
 
     def info(self) -> WorkerInfo:
@@ -320,7 +329,10 @@ class WorkerHandle:
             if self._session_key == key and self._process is not None and self._process.is_alive():
                 return None
             limit = session.compile_timeout_s + session.run_timeout_s + self.spec.timeout_margin_s
+            self.start()
+            started = time.perf_counter()
             summary = self._request("open_session", (session, baseline), limit)
+            self.timings["open_session"] = time.perf_counter() - started
             self._session_key = key
             return summary  # type: ignore[return-value]
 
