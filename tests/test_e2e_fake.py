@@ -161,3 +161,37 @@ def test_best_of_k_trials_all_run_remotely() -> None:
     assert isinstance(result.config, helion.Config)
     # Two trials plus the rebench round: each opens its own session.
     assert executor.sessions_opened >= 3
+
+
+def test_identical_generated_sources_are_measured_once_per_search() -> None:
+    """Configs that generate a byte-identical module share one measurement."""
+    from helion.autotuner.config_generation import ConfigGeneration
+
+    from helion_remote.codegen import kernel_source
+
+    args = matmul_args()
+    bound = matmul.bind(args)
+    gen = ConfigGeneration(bound.config_spec)
+    base = gen.default_flat()
+    twins = []
+    for index, fragment in enumerate(gen.flat_spec):
+        for value in fragment.pattern_neighbors(base[index]):
+            flat = list(base)
+            flat[index] = value
+            twins.append(gen.unflatten(flat))
+    same = [c for c in twins if kernel_source(bound, c).digest == kernel_source(bound, gen.unflatten(base)).digest]
+    different = [c for c in twins if c not in same]
+    assert same and different, "the default matmul config should have same-code and different-code neighbours"
+    configs = [gen.unflatten(base), *same[:3], *different[:2]]
+    executor = FakeExecutor(workers=4)
+    result = helion_remote.autotune(
+        matmul, args, backend=executor, algorithm="FiniteSearch", algorithm_options={"configs": configs},
+        print_result=False,
+    )
+    assert result.stats["deduplicated"] == len(same[:3])
+    assert result.stats["configs_measured"] == executor.jobs_run == 1 + len(different[:2])
+    again = helion_remote.autotune(
+        matmul, args, backend=FakeExecutor(workers=4), algorithm="FiniteSearch", algorithm_options={"configs": configs},
+        deduplicate_sources=False, print_result=False,
+    )
+    assert again.stats["deduplicated"] == 0 and again.stats["configs_measured"] == len(configs)
