@@ -34,6 +34,12 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')} {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
     args = tuple(a.cuda() for a in make_args(options.size, options.seed))
+    # Both runs start from a warm worker forkserver (it is per coordinator process), so
+    # the first run does not pay the one-time torch/Triton/Helion import for the second.
+    from helion_remote.worker.process import start_worker_server
+
+    started = time.perf_counter()
+    print(f"worker forkserver started: {start_worker_server(wait=True)} in {time.perf_counter() - started:.1f}s", flush=True)
     runs = {
         "1gpu": run_remote(args, options.budget, options.effort, options.seed, devices=[0]),
         f"{options.gpus}gpu": run_remote(args, options.budget, options.effort, options.seed,

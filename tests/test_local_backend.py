@@ -166,25 +166,27 @@ def test_retime_uses_one_worker_for_the_session(executor: LocalExecutor) -> None
 
 def test_retime_spread_shares_a_population_over_workers_in_one_scale(executor: LocalExecutor) -> None:
     session = open_session(executor, lb_add, "spread")
-    kernels = [source(lb_add, b) for b in ([16, 16], [32, 8], [8, 32], [8, 8], [32, 32], [16, 8])]
+    kernels = [source(lb_add, b) for b in ([16, 16], [32, 8], [8, 32], [8, 8], [32, 32], [16, 8], [8, 16], [4, 32])]
     result = session.retime_spread(kernels, warmup_ms=0.5, rep_ms=3.0, timeout_s=60)
     assert [t.kernel_digest for t in result.timings] == [k.digest for k in kernels]
     assert all(t.status == "ok" and math.isfinite(t.perf_ms) and t.perf_ms > 0 for t in result.timings)
     assert sorted(result.workers) == sorted(h.worker_id for h in executor._devices)
     assert result.worker_id == session.retime(kernels[:2], warmup_ms=0.5, rep_ms=3.0, timeout_s=60).worker_id
     # Too few kernels to share: one worker, as ``retime``.
-    small = session.retime_spread(kernels[:3], warmup_ms=0.5, rep_ms=3.0, timeout_s=60)
-    assert small.workers == () and len(small.timings) == 3
+    small = session.retime_spread(kernels[:5], warmup_ms=0.5, rep_ms=3.0, timeout_s=60)
+    assert small.workers == () and len(small.timings) == 5
 
 
 def test_anchor_scaling_maps_each_worker_onto_the_retime_worker() -> None:
     from helion_remote.protocol import RetimeResult, RetimeTiming
 
-    ours = RetimeResult((RetimeTiming("a", "ok", 2.0), RetimeTiming("b", "ok", 3.0)), "w0")
-    theirs = RetimeResult((RetimeTiming("a", "ok", 4.0), RetimeTiming("c", "ok", 8.0)), "w1")
-    factor = local_backend._anchor_ms(ours, "a") / local_backend._anchor_ms(theirs, "a")  # type: ignore[operator]
-    assert local_backend._scaled(theirs.timings[1], factor).perf_ms == pytest.approx(4.0)
-    assert local_backend._anchor_ms(RetimeResult((RetimeTiming("a", "error"),), "w1"), "a") is None
+    ours = RetimeResult((RetimeTiming("a", "ok", 2.0), RetimeTiming("b", "ok", 3.0), RetimeTiming("x", "ok", 1.0)), "w0")
+    theirs = RetimeResult((RetimeTiming("a", "ok", 4.0), RetimeTiming("b", "ok", 6.6), RetimeTiming("x", "error"),
+                           RetimeTiming("c", "ok", 8.0)), "w1")
+    factor = local_backend._anchor_factor(ours, theirs, ["a", "b", "x"])
+    assert factor == pytest.approx((0.5 + 3.0 / 6.6) / 2)  # median of the anchors both timed
+    assert local_backend._scaled(theirs.timings[3], 0.5).perf_ms == pytest.approx(4.0)
+    assert local_backend._anchor_factor(ours, RetimeResult((RetimeTiming("a", "error"),), "w1"), ["a"]) is None
     assert local_backend._scaled(RetimeTiming("c", "timeout"), 0.5).status == "timeout"
 
 

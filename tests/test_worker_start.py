@@ -38,3 +38,11 @@ def test_a_forkserver_child_that_cannot_start_falls_back_to_spawn(tmp_path, monk
         assert process._FORKSERVER_USABLE is False
     finally:
         handle.close()
+
+
+def test_the_worker_server_can_be_started_ahead_or_switched_off(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(process, "_FORKSERVER_USABLE", True)
+    monkeypatch.setenv("HELION_REMOTE_WORKER_START", "spawn")
+    assert process.start_worker_server(wait=True) is False
+    monkeypatch.delenv("HELION_REMOTE_WORKER_START")
+    assert process.start_worker_server(wait=True) is True

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import queue
+import statistics
 import threading
 import time
 import warnings
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from ..blobs import BlobStore, DirectoryBlobStore, default_cache_dir
 from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
-from ..worker.process import WorkerHandle, WorkerSpec
+from ..worker.process import WorkerHandle, WorkerSpec, start_worker_server
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ INTERPRETER_WARNING = (
 _CONTEXT_BYTES = 768 << 20
 """Rough CUDA context + allocator overhead of one compile worker on a GPU."""
 _COMPILE_MEMORY_FRACTION = 0.25
+SPREAD_ANCHORS = 3
+"""Kernels every worker times in a spread re-benchmark, to put all workers on one scale."""
 _COMPILE_NICE = 10
 """Compile workers run niced: the device workers (and the coordinator) are the critical path."""
 
@@ -105,6 +108,9 @@ class LocalExecutor:
                     f"Pass devices=[...] to pick one model or allow_mixed_devices=True."
                 )
         self._gpu_memory = sum(mem for _, _, mem in gpus)
+        if gpus:
+            # The workers' forkserver imports torch/Triton/Helion while the caller binds its kernel.
+            threading.Thread(target=_quietly, args=(start_worker_server,), daemon=True).start()
 
         def spec(worker_id: str, device: int | None, nice: int = 0) -> WorkerSpec:
             return WorkerSpec(
@@ -375,19 +381,22 @@ class _LocalSession:
     ) -> RetimeResult:
         """Re-time a population over every device worker, in ``retime``'s units.
 
-        ``kernels[0]`` is the anchor: every worker times it with its share of
-        the rest, and each worker's timings are scaled by
-        ``anchor on retime worker / anchor on that worker``, so GPU-to-GPU
-        clock differences cancel.  For the search's population re-benchmark
-        (outlier removal), which otherwise serializes on one GPU; finalists
-        stay on ``retime``.  One worker, or too few kernels: same as ``retime``.
+        The first ``SPREAD_ANCHORS`` kernels (the caller puts its best-known
+        first) are anchors: every worker times them with its share of the rest,
+        and each worker's timings are scaled by the median over anchors of
+        ``anchor on retime worker / anchor on that worker``, so GPU-to-GPU clock
+        differences cancel, and the leading candidates are all compared on the
+        retime worker itself.  For the search's population re-benchmark
+        (outlier removal), which otherwise serializes on one GPU; finalists stay
+        on ``retime``.  One worker, or too few kernels: same as ``retime``.
         """
         workers = [self._retime_worker, *(h for h in self._executor._devices if h is not self._retime_worker)]
-        if len(workers) < 2 or len(kernels) < 2 * len(workers):
+        anchors = list(kernels[:SPREAD_ANCHORS])
+        rest = list(kernels[SPREAD_ANCHORS:])
+        if len(workers) < 2 or len(rest) < 2 * len(workers):
             return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
-        anchor, rest = kernels[0], list(kernels[1:])
-        groups = [[anchor, *rest[i :: len(workers)]] for i in range(len(workers))]
-        results: list[RetimeResult | None] = [None] * len(workers)
+        groups = [[*anchors, *rest[i :: len(workers)]] for i in range(len(workers))]
+        results: list[RetimeResult] = [RetimeResult(())] * len(workers)
 
         def run(index: int) -> None:
             results[index] = workers[index].retime(self.spec, groups[index], warmup_ms, rep_ms, timeout_s)
@@ -397,25 +406,22 @@ class _LocalSession:
             t.start()
         for t in threads:
             t.join()
-        reference = _anchor_ms(results[0], anchor.digest)
-        timings: dict[str, RetimeTiming] = {t.kernel_digest: t for t in results[0].timings}  # type: ignore[union-attr]
-        used = [results[0].worker_id]  # type: ignore[union-attr]
+        timings = {t.kernel_digest: t for t in results[0].timings}
+        used = [results[0].worker_id]
         redo: list[KernelSource] = []
         for index in range(1, len(workers)):
-            result = results[index]
-            theirs = _anchor_ms(result, anchor.digest)
-            if reference is None or theirs is None:
-                redo.extend(groups[index][1:])  # no common scale: time them on the retime worker
+            factor = _anchor_factor(results[0], results[index], [a.digest for a in anchors])
+            if factor is None:
+                redo.extend(groups[index][len(anchors):])  # no common scale: time them on the retime worker
                 continue
-            used.append(result.worker_id)  # type: ignore[union-attr]
-            for timing in result.timings:  # type: ignore[union-attr]
-                if timing.kernel_digest != anchor.digest:
-                    timings[timing.kernel_digest] = _scaled(timing, reference / theirs)
+            used.append(results[index].worker_id)
+            for timing in results[index].timings:
+                if timing.kernel_digest not in timings:
+                    timings[timing.kernel_digest] = _scaled(timing, factor)
         if redo:
-            again = self.retime([anchor, *redo], warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
-            timings.update({t.kernel_digest: t for t in again.timings if t.kernel_digest != anchor.digest})
+            again = self.retime(redo, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
+            timings.update({t.kernel_digest: t for t in again.timings})
         first = results[0]
-        assert first is not None
         return RetimeResult(
             tuple(timings[k.digest] for k in kernels if k.digest in timings),
             first.worker_id, first.device_name, first.device_uuid, workers=tuple(used),
@@ -425,11 +431,16 @@ class _LocalSession:
         self._closed = True
 
 
-def _anchor_ms(result: RetimeResult | None, digest: str) -> float | None:
-    for timing in result.timings if result is not None else ():
-        if timing.kernel_digest == digest and timing.status == "ok" and math.isfinite(timing.perf_ms) and timing.perf_ms > 0:
-            return timing.perf_ms
-    return None
+def _anchor_factor(ours: RetimeResult, theirs: RetimeResult, anchors: Sequence[str]) -> float | None:
+    """Median of ``ours / theirs`` over the anchors both timed; None if none did."""
+    mine = {t.kernel_digest: t.perf_ms for t in ours.timings if _usable(t)}
+    other = {t.kernel_digest: t.perf_ms for t in theirs.timings if _usable(t)}
+    ratios = sorted(mine[d] / other[d] for d in anchors if d in mine and d in other)
+    return statistics.median(ratios) if ratios else None
+
+
+def _usable(timing: RetimeTiming) -> bool:
+    return timing.status == "ok" and math.isfinite(timing.perf_ms) and timing.perf_ms > 0
 
 
 def _scaled(timing: RetimeTiming, factor: float) -> RetimeTiming:

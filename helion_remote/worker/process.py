@@ -84,16 +84,42 @@ def _start_context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
     GPU with ``CUDA_VISIBLE_DEVICES`` before its first CUDA call); interpreter
     workers keep ``spawn`` because Triton reads ``TRITON_INTERPRET`` at import.
     """
-    if (
-        spec.cuda_device is not None
-        and _FORKSERVER_USABLE
-        and os.environ.get("HELION_REMOTE_WORKER_START", "forkserver") == "forkserver"
-        and "forkserver" in multiprocessing.get_all_start_methods()
-    ):
+    if spec.cuda_device is not None and _forkserver_wanted():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_FORKSERVER_PRELOAD)
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _forkserver_wanted() -> bool:
+    return (
+        _FORKSERVER_USABLE
+        and os.environ.get("HELION_REMOTE_WORKER_START", "forkserver") == "forkserver"
+        and "forkserver" in multiprocessing.get_all_start_methods()
+    )
+
+
+def start_worker_server(*, wait: bool = False) -> bool:
+    """Start the GPU workers' forkserver now (it imports torch, Triton and Helion once).
+
+    Later GPU workers then start in well under a second.  ``wait`` returns only
+    once the imports are done.  Returns False when workers use ``spawn``
+    (forkserver unavailable, disabled, or it failed).
+    """
+    if not _forkserver_wanted():
+        return False
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    with _SPAWN_ENV_LOCK, _main_module_hidden():
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+        if wait:  # the server forks only after its preload: a no-op child marks the end
+            probe = context.Process(target=os.getpid, daemon=True)
+            probe.start()
+    if wait:
+        probe.join()
+    return True
 
 
 class WorkerDied(RuntimeError):
