@@ -4,6 +4,7 @@ interpreter, and a fallback to spawn when a forkserver child cannot start."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 
@@ -46,3 +47,18 @@ def test_the_worker_server_can_be_started_ahead_or_switched_off(monkeypatch) -> 
     assert process.start_worker_server(wait=True) is False
     monkeypatch.delenv("HELION_REMOTE_WORKER_START")
     assert process.start_worker_server(wait=True) is True
+
+
+def test_the_worker_server_imports_with_nvml_only_cuda_checks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """torch refuses CUDA in children forked from a process that initialized it:
+    the server must start with torch's NVML-based availability check."""
+    from multiprocessing import forkserver
+
+    seen: dict[str, str] = {}
+    monkeypatch.setattr(process, "_FORKSERVER_USABLE", True)
+    monkeypatch.delenv("HELION_REMOTE_WORKER_START", raising=False)
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: seen.update(os.environ))
+    assert process.start_worker_server() is True
+    assert seen["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1" and seen["TRITON_INTERPRET"] == "0"
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ  # restored

@@ -70,6 +70,7 @@ class WorkerSpec:
 
 
 _FORKSERVER_PRELOAD = ["helion_remote.worker.runtime"]
+_SERVER_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "TRITON_INTERPRET": "0"}
 _FORKSERVER_USABLE = True
 """Cleared when a forkserver child fails to start; later workers use ``spawn``."""
 
@@ -113,7 +114,15 @@ def start_worker_server(*, wait: bool = False) -> bool:
     with _SPAWN_ENV_LOCK, _main_module_hidden():
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        # The server inherits this environment: its imports must not touch CUDA
+        # (torch then refuses CUDA in every forked child), so NVML-only checks.
+        saved = dict(os.environ)
+        os.environ.update(_SERVER_ENV)
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         if wait:  # the server forks only after its preload: a no-op child marks the end
             probe = context.Process(target=os.getpid, daemon=True)
             probe.start()
@@ -148,7 +157,7 @@ def child_environment(spec: WorkerSpec) -> dict[str, str]:
         env["TRITON_INTERPRET"] = "0"
         # torch.cuda.is_available() through NVML: no CUDA driver state before the
         # child picks its GPU (and none in a forkserver that children fork from).
-        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+        env.update(_SERVER_ENV)
         # As Helion's autotuner: compile locally, keep only binaries in the cache.
         env["TRITON_LOCAL_BUILD"] = "1"
         env["TRITON_STORE_BINARY_ONLY"] = "1"
