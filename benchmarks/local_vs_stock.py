@@ -51,7 +51,7 @@ def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: in
     metrics = search._autotune_metrics
     return {"config": config, "wall_s": wall, "configs": metrics.num_configs_tested,
             "reported_ms": float(getattr(search, "best_perf_so_far", float("nan"))),
-            "phases": phases.summary(wall), "events": phases.events}
+            "phases": phases.summary(wall), "events": phases.events, "events_origin_epoch": phases.origin_epoch}
 
 
 def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int]) -> dict[str, object]:
@@ -60,7 +60,7 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
 
     executor = LocalExecutor(devices=devices)
     with record_phases() as phases:
-        start = time.perf_counter()
+        start, start_epoch = time.perf_counter(), time.time()
         result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
                                         autotune_budget_seconds=budget, autotune_random_seed=seed)
         wall = time.perf_counter() - start
@@ -68,8 +68,8 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
     executor.close()
     return {"config": result.config, "wall_s": wall, "configs": result.stats["configs_measured"],
             "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline_summary(result.records, wall),
-            "phases": phases.summary(wall), "events": phases.events, "records": result.records,
-            "started_at_epoch": time.time() - wall, "startup": startup_summary(startup)}
+            "phases": phases.summary(wall), "events": phases.events, "events_origin_epoch": phases.origin_epoch, "records": result.records,
+            "started_at_epoch": start_epoch, "startup": startup_summary(startup)}
 
 
 def startup_summary(report: dict[str, dict[str, float]]) -> dict[str, float]:

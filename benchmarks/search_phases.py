@@ -27,7 +27,8 @@ class PhaseTotals:
     rebenchmark_members: int = 0
     rebenchmark_s: float = 0.0
     events: list[tuple[str, float, float, int]] = dataclasses.field(default_factory=list)
-    """(phase, start offset s, duration s, size) in call order."""
+    """(phase, start offset s, duration s, size) in call order; offsets from ``origin_epoch``."""
+    origin_epoch: float = dataclasses.field(default_factory=time.time)
 
     def summary(self, wall_s: float) -> dict[str, float]:
         return {
@@ -48,8 +49,8 @@ class PhaseTotals:
 def record_phases() -> Iterator[PhaseTotals]:
     from helion.autotuner.base_search import BaseSearch, PopulationBasedSearch
 
-    totals = PhaseTotals()
     origin = time.perf_counter()
+    totals = PhaseTotals()
     depth = [0]
 
     def timed(original: Callable[..., Any], phase: str) -> Callable[..., Any]:
