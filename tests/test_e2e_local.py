@@ -47,6 +47,7 @@ def test_tuned_config_reproduces_eager(local: LocalExecutor, name: str) -> None:
     assert result.stats["configs_measured"] >= 5
     assert result.stats["devices_used"] == ["cpu-interpreter"]
     assert result.best_ms > 0
+    assert len(result.stats["retime_workers"]) <= 1, "finalists are re-timed on one worker"
     reproduces_eager(name, result.config)
 
 
