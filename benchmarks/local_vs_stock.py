@@ -54,7 +54,8 @@ def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: in
             "phases": phases.summary(wall), "events": phases.events, "events_origin_epoch": phases.origin_epoch}
 
 
-def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int]) -> dict[str, object]:
+def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int],
+               codegen_workers: int = 0) -> dict[str, object]:
     import helion_remote
     from helion_remote.backends.local import LocalExecutor
 
@@ -62,7 +63,8 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
     with record_phases() as phases:
         start, start_epoch = time.perf_counter(), time.time()
         result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
-                                        autotune_budget_seconds=budget, autotune_random_seed=seed)
+                                        codegen_workers=codegen_workers, autotune_budget_seconds=budget,
+                                        autotune_random_seed=seed)
         wall = time.perf_counter() - start
     startup = executor.startup_report()
     executor.close()
@@ -131,6 +133,7 @@ def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--effort", default="full")
     parser.add_argument("--size", type=int, default=4096, help="matmul size (size^3, fp16)")
     parser.add_argument("--seed", type=int, default=0, help="autotune_random_seed and input seed")
+    parser.add_argument("--codegen-workers", type=int, default=0, help="helion-remote codegen processes")
 
 
 def main() -> None:
@@ -150,7 +153,8 @@ def main() -> None:
     if not options.skip_stock:
         runs["stock"] = run_stock(args, options.budget, options.effort, options.seed)
         print(f"stock done: {runs['stock']['configs']} configs in {runs['stock']['wall_s']:.1f}s", flush=True)
-    runs["remote"] = run_remote(args, options.budget, options.effort, options.seed, devices=[0])
+    runs["remote"] = run_remote(args, options.budget, options.effort, options.seed, devices=[0],
+                                codegen_workers=options.codegen_workers)
     print(f"remote done: {runs['remote']['configs']} configs in {runs['remote']['wall_s']:.1f}s", flush=True)
     timed = retime({name: run["config"] for name, run in runs.items()}, args)
     errors = {name: check_correct(run["config"], args) for name, run in runs.items()}

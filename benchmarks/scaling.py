@@ -49,9 +49,10 @@ def main() -> None:
     started = time.perf_counter()
     print(f"worker forkserver started: {start_worker_server(wait=True)} in {time.perf_counter() - started:.1f}s", flush=True)
     runs = {
-        "1gpu": run_remote(args, options.budget, options.effort, options.seed, devices=[0]),
+        "1gpu": run_remote(args, options.budget, options.effort, options.seed, devices=[0],
+                           codegen_workers=options.codegen_workers),
         f"{options.gpus}gpu": run_remote(args, options.budget, options.effort, options.seed,
-                                         devices=list(range(options.gpus))),
+                                         devices=list(range(options.gpus)), codegen_workers=options.codegen_workers),
     }
     timed = retime({name: run["config"] for name, run in runs.items()}, args)
     for run in runs.values():

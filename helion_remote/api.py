@@ -173,6 +173,7 @@ def autotune(
     algorithm_options: dict[str, object] | None = None,
     max_infra_retries: int = 3,
     deduplicate_sources: bool = True,
+    codegen_workers: int = 0,
     print_result: bool = True,
     **settings: object,
 ) -> AutotuneResult:
@@ -191,6 +192,11 @@ def autotune(
     ``deduplicate_sources``: configs that generate a byte-identical module
     (Helion maps several configs to the same code) are measured once per
     search and share that result; ``stats["deduplicated"]`` counts them.
+
+    ``codegen_workers``: processes that generate code in parallel with the
+    coordinator's (each binds the kernel once; only processes whose code for a
+    probe config is byte-identical to the coordinator's are used).  Worth it
+    when code generation, not the GPUs, feeds the batches (several GPUs).
 
     ``algorithm_options`` are keyword arguments for the search class (they
     override the effort profile's), ``settings`` are Helion settings
@@ -229,6 +235,14 @@ def autotune(
                 context.space_report = space_report(bound)
                 context.kernel_definition, context.kernel_attr = definition
                 context.settings = tuple(sorted(overrides.items()))
+        if codegen_workers < 0:
+            raise ValueError(f"codegen_workers must be >= 0, got {codegen_workers!r}")
+        if codegen_workers and bound.settings.autotune_effort != "none":
+            from .codegen_pool import start_codegen_pool
+
+            context.codegen_pool = start_codegen_pool(kernel, bound, args, overrides, profile, codegen_workers)
+            if context.codegen_pool is not None:
+                stack.callback(context.codegen_pool.close)
         if bound.settings.autotune_effort == "none":
             config = bound.config_spec.default_config()
         else:

@@ -74,6 +74,8 @@ class RemoteContext:
     kernel_attr: str | None = None
     settings: tuple[tuple[str, object], ...] = ()
     progress: Callable[..., None] | None = None
+    codegen_pool: Any = None
+    """A :class:`~helion_remote.codegen_pool.CodegenPool` generating code in parallel, or None."""
     deduplicate_sources: bool = True
     """Configs whose generated module is byte-identical are measured once per session."""
     last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -216,46 +218,67 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         in_flight: set[str] = set()
         state = {"raise": None}
 
-        def generate() -> Iterator[BenchmarkJob]:
-            """Codegen one config at a time, so early chunks reach workers sooner."""
+        def sources() -> Iterator[tuple[int, KernelSource | Exception]]:
+            """``(index, source or codegen error)``: a pool's processes, else one config at a time here."""
+            pool = ctx.codegen_pool
+            if pool is not None and pool.size and len(configs) >= 2 * pool.size:
+                yield from pool.generate(configs)
+                return
             for index, config in enumerate(configs):
-                if self.budget_exceeded_fn() or _executor_budget_spent(ctx.executor):
-                    # Like Helion's own provider: unhandled configs stay perf=inf.
-                    ctx.stats.budget_skipped += len(configs) - index
-                    return
-                started = time.perf_counter()
                 try:
-                    source = kernel_source(self.kernel, config)
-                except Exception as error:
-                    ctx.stats.codegen_failures += 1
-                    ctx.stats.failures["error"] += 1
-                    self._record_compile_failure(config)
-                    self.log.warning(f"Skipping config that failed code generation: {config!r}: {error}")
-                    results[index] = results[index]._replace(completed_at=time.perf_counter())
-                    if not jobs and index == len(configs) - 1 and self._nothing_measured():
-                        if raise_if_no_viable_config:
-                            state["raise"] = error
-                            return
-                        self._no_viable_config_error = error
-                    continue
-                finally:
+                    yield index, kernel_source(self.kernel, config)
+                except Exception as error:  # noqa: BLE001 - a codegen failure is the config's
+                    yield index, error
+
+        def generate() -> Iterator[BenchmarkJob]:
+            """Jobs as their code is generated, so early chunks reach workers sooner."""
+            stream = sources()
+            handled = 0
+            try:
+                while True:
+                    if self.budget_exceeded_fn() or _executor_budget_spent(ctx.executor):
+                        # Like Helion's own provider: unhandled configs stay perf=inf.
+                        ctx.stats.budget_skipped += len(configs) - handled
+                        return
+                    started = time.perf_counter()
+                    item = next(stream, None)
                     ctx.stats.codegen_s += time.perf_counter() - started
-                if ctx.deduplicate_sources and (source.digest in in_flight or source.digest in self._source_results):
-                    copies.append((index, source.digest, RemoteKernel(source, config)))
-                    continue
-                in_flight.add(source.digest)
-                job = BenchmarkJob(
-                    job_id=ctx.next_job_id(),
-                    kernel=source,
-                    args_digest=ctx.args_digest,
-                    baseline_digest=session.spec.baseline_digest,
-                    tolerances=session.spec.tolerances,
-                    compile_timeout_s=float(self.settings.autotune_compile_timeout),
-                    run_timeout_s=float(self.settings.autotune_benchmark_timeout),
-                    config=config_to_dict(config),
-                )
-                jobs[job.job_id] = (index, job, RemoteKernel(source, config))
-                yield job
+                    if item is None:
+                        return
+                    handled += 1
+                    index, source = item
+                    config = configs[index]
+                    if isinstance(source, Exception):
+                        error = source
+                        ctx.stats.codegen_failures += 1
+                        ctx.stats.failures["error"] += 1
+                        self._record_compile_failure(config)
+                        self.log.warning(f"Skipping config that failed code generation: {config!r}: {error}")
+                        results[index] = results[index]._replace(completed_at=time.perf_counter())
+                        if not jobs and handled == len(configs) and self._nothing_measured():
+                            if raise_if_no_viable_config:
+                                state["raise"] = error
+                                return
+                            self._no_viable_config_error = error
+                        continue
+                    if ctx.deduplicate_sources and (source.digest in in_flight or source.digest in self._source_results):
+                        copies.append((index, source.digest, RemoteKernel(source, config)))
+                        continue
+                    in_flight.add(source.digest)
+                    job = BenchmarkJob(
+                        job_id=ctx.next_job_id(),
+                        kernel=source,
+                        args_digest=ctx.args_digest,
+                        baseline_digest=session.spec.baseline_digest,
+                        tolerances=session.spec.tolerances,
+                        compile_timeout_s=float(self.settings.autotune_compile_timeout),
+                        run_timeout_s=float(self.settings.autotune_benchmark_timeout),
+                        config=config_to_dict(config),
+                    )
+                    jobs[job.job_id] = (index, job, RemoteKernel(source, config))
+                    yield job
+            finally:
+                stream.close()  # a pool stops feeding its processes and waits for their replies
 
         done = 0
 
