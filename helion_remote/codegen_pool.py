@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4
 """Configs per request: small enough to balance, large enough to amortize the pipe."""
+START_TIMEOUT_S = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +159,8 @@ class CodegenPool:
         def start_one() -> None:
             member = _Member(spec)
             try:
+                if not member.conn.poll(START_TIMEOUT_S):
+                    raise RuntimeError(f"not ready within {START_TIMEOUT_S:.0f}s")
                 kind, detail = member.conn.recv()
                 if kind != "ready":
                     raise RuntimeError(detail)
