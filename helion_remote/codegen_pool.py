@@ -116,10 +116,12 @@ def _bind(spec: CodegenSpec) -> Any:
 class _Member:
     """One pool process and the pipe to it."""
 
-    def __init__(self, spec: CodegenSpec) -> None:
-        from .worker.process import _SPAWN_ENV_LOCK, _main_module_hidden
+    def __init__(self, spec: CodegenSpec, method: str) -> None:
+        from .worker.process import _SPAWN_ENV_LOCK, _main_module_hidden, start_worker_server
 
-        context = multiprocessing.get_context("spawn")
+        if method == "forkserver":
+            start_worker_server()  # the GPU workers' server: torch and Helion already imported
+        context = multiprocessing.get_context(method)
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_child, args=(child, spec, dict(os.environ)), daemon=True,
                                        name="helion-remote-codegen")
@@ -157,20 +159,26 @@ class CodegenPool:
         self._closed = False
 
         def start_one() -> None:
-            member = _Member(spec)
-            try:
-                if not member.conn.poll(START_TIMEOUT_S):
-                    raise RuntimeError(f"not ready within {START_TIMEOUT_S:.0f}s")
-                kind, detail = member.conn.recv()
-                if kind != "ready":
-                    raise RuntimeError(detail)
-                member.conn.send([(0, probe)])
-                ((_, ok, payload),) = member.conn.recv()
-                if not ok or _to_source(payload).digest != expected:
-                    raise RuntimeError(f"probe config generated different code ({payload if not ok else 'digest'})")
-            except Exception as error:  # noqa: BLE001 - the coordinator generates instead
-                log.warning("codegen process dropped: %s", error)
-                member.close()
+            for method in _start_methods():
+                member = _Member(spec, method)
+                try:
+                    if not member.conn.poll(START_TIMEOUT_S):
+                        raise RuntimeError(f"not ready within {START_TIMEOUT_S:.0f}s")
+                    kind, detail = member.conn.recv()
+                    if kind != "ready":
+                        raise RuntimeError(detail)
+                    member.conn.send([(0, probe)])
+                    ((_, ok, payload),) = member.conn.recv()
+                    if not ok or _to_source(payload).digest != expected:
+                        log.warning("codegen process dropped: its code for a probe config differs from the "
+                                    "coordinator's (%s)", payload if not ok else "digest")
+                        member.close()
+                        return
+                    break
+                except Exception as error:  # noqa: BLE001 - try the next start method, then give up
+                    log.warning("codegen process (%s) could not start: %s", method, error)
+                    member.close()
+            else:
                 return
             with self._lock:
                 if self._closed:
@@ -292,6 +300,13 @@ def start_codegen_pool(
     pool = CodegenPool(spec, bound, bound.config_spec.default_config(), processes)
     pool._store_root = root
     return pool
+
+
+def _start_methods() -> list[str]:
+    """Fork from the GPU workers' preloaded server when it is in use (sub-second start), else spawn."""
+    from .worker.process import _forkserver_wanted
+
+    return ["forkserver", "spawn"] if _forkserver_wanted() else ["spawn"]
 
 
 def _to_source(payload: tuple[str, str, tuple[tuple[str, str], ...]]) -> KernelSource:
