@@ -265,24 +265,13 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
                         copies.append((index, source.digest, RemoteKernel(source, config)))
                         continue
                     in_flight.add(source.digest)
-                    job = BenchmarkJob(
-                        job_id=ctx.next_job_id(),
-                        kernel=source,
-                        args_digest=ctx.args_digest,
-                        baseline_digest=session.spec.baseline_digest,
-                        tolerances=session.spec.tolerances,
-                        compile_timeout_s=float(self.settings.autotune_compile_timeout),
-                        run_timeout_s=float(self.settings.autotune_benchmark_timeout),
-                        config=config_to_dict(config),
-                    )
+                    job = self._job(session, source, config)
                     jobs[job.job_id] = (index, job, RemoteKernel(source, config))
                     yield job
             finally:
                 stream.close()  # a pool stops feeding its processes and waits for their replies
 
-        done = 0
-
-        failed = 0
+        done = failed = 0
 
         def report(result: JobResult) -> None:
             nonlocal done, failed
@@ -307,6 +296,18 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             ctx.stats.deduplicated += 1
             results[index] = self._to_helion(configs[index], handle, self._source_results[digest], measured=False)
         return results
+
+    def _job(self, session: RemoteSession, source: KernelSource, config: Any) -> BenchmarkJob:
+        return BenchmarkJob(
+            job_id=self.context.next_job_id(),
+            kernel=source,
+            args_digest=self.context.args_digest,
+            baseline_digest=session.spec.baseline_digest,
+            tolerances=session.spec.tolerances,
+            compile_timeout_s=float(self.settings.autotune_compile_timeout),
+            run_timeout_s=float(self.settings.autotune_benchmark_timeout),
+            config=config_to_dict(config),
+        )
 
     def _nothing_measured(self) -> bool:
         return self._autotune_metrics.num_successful_candidate_measurements == 0
