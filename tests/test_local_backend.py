@@ -183,11 +183,13 @@ def test_anchor_scaling_maps_each_worker_onto_the_retime_worker() -> None:
     ours = RetimeResult((RetimeTiming("a", "ok", 2.0), RetimeTiming("b", "ok", 3.0), RetimeTiming("x", "ok", 1.0)), "w0")
     theirs = RetimeResult((RetimeTiming("a", "ok", 4.0), RetimeTiming("b", "ok", 6.6), RetimeTiming("x", "error"),
                            RetimeTiming("c", "ok", 8.0)), "w1")
-    factor = local_backend._anchor_factor(ours, theirs, ["a", "b", "x"])
+    from helion_remote.spread import anchor_factor, scaled
+
+    factor = anchor_factor(ours, theirs, ["a", "b", "x"])
     assert factor == pytest.approx((0.5 + 3.0 / 6.6) / 2)  # median of the anchors both timed
-    assert local_backend._scaled(theirs.timings[3], 0.5).perf_ms == pytest.approx(4.0)
-    assert local_backend._anchor_factor(ours, RetimeResult((RetimeTiming("a", "error"),), "w1"), ["a"]) is None
-    assert local_backend._scaled(RetimeTiming("c", "timeout"), 0.5).status == "timeout"
+    assert scaled(theirs.timings[3], 0.5).perf_ms == pytest.approx(4.0)
+    assert anchor_factor(ours, RetimeResult((RetimeTiming("a", "error"),), "w1"), ["a"]) is None
+    assert scaled(RetimeTiming("c", "timeout"), 0.5).status == "timeout"
 
 
 def test_results_journal_their_stages(executor: LocalExecutor) -> None:

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import queue
-import statistics
 import threading
 import time
 import warnings
@@ -32,7 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..blobs import BlobStore, DirectoryBlobStore, default_cache_dir
-from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
+from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
+from ..spread import spread_groups, spread_retime
 from ..worker.process import WorkerHandle, WorkerSpec, start_worker_server
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ INTERPRETER_WARNING = (
 _CONTEXT_BYTES = 768 << 20
 """Rough CUDA context + allocator overhead of one compile worker on a GPU."""
 _COMPILE_MEMORY_FRACTION = 0.25
-SPREAD_ANCHORS = 3
-"""Kernels every worker times in a spread re-benchmark, to put all workers on one scale."""
 _COMPILE_NICE = 10
 """Compile workers run niced: the device workers (and the coordinator) are the critical path."""
 
@@ -379,74 +377,20 @@ class _LocalSession:
     def retime_spread(
         self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
     ) -> RetimeResult:
-        """Re-time a population over every device worker, in ``retime``'s units.
-
-        The first ``SPREAD_ANCHORS`` kernels (the caller puts its best-known
-        first) are anchors: every worker times them with its share of the rest,
-        and each worker's timings are scaled by the median over anchors of
-        ``anchor on retime worker / anchor on that worker``, so GPU-to-GPU clock
-        differences cancel, and the leading candidates are all compared on the
-        retime worker itself.  For the search's population re-benchmark
-        (outlier removal), which otherwise serializes on one GPU; finalists stay
-        on ``retime``.  One worker, or too few kernels: same as ``retime``.
-        """
+        """The population re-benchmark over every device worker, in ``retime``'s units
+        (anchored; see :mod:`helion_remote.spread`).  One worker or few kernels: ``retime``."""
         workers = [self._retime_worker, *(h for h in self._executor._devices if h is not self._retime_worker)]
-        anchors = list(kernels[:SPREAD_ANCHORS])
-        rest = list(kernels[SPREAD_ANCHORS:])
-        if len(workers) < 2 or len(rest) < 2 * len(workers):
+        groups = spread_groups(kernels, len(workers))
+        if groups is None:
             return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
-        groups = [[*anchors, *rest[i :: len(workers)]] for i in range(len(workers))]
-        results: list[RetimeResult] = [RetimeResult(())] * len(workers)
-
-        def run(index: int) -> None:
-            results[index] = workers[index].retime(self.spec, groups[index], warmup_ms, rep_ms, timeout_s)
-
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(workers))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        timings = {t.kernel_digest: t for t in results[0].timings}
-        used = [results[0].worker_id]
-        redo: list[KernelSource] = []
-        for index in range(1, len(workers)):
-            factor = _anchor_factor(results[0], results[index], [a.digest for a in anchors])
-            if factor is None:
-                redo.extend(groups[index][len(anchors):])  # no common scale: time them on the retime worker
-                continue
-            used.append(results[index].worker_id)
-            for timing in results[index].timings:
-                if timing.kernel_digest not in timings:
-                    timings[timing.kernel_digest] = _scaled(timing, factor)
-        if redo:
-            again = self.retime(redo, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
-            timings.update({t.kernel_digest: t for t in again.timings})
-        first = results[0]
-        return RetimeResult(
-            tuple(timings[k.digest] for k in kernels if k.digest in timings),
-            first.worker_id, first.device_name, first.device_uuid, workers=tuple(used),
+        return spread_retime(
+            kernels, groups,
+            run=lambda i, group: workers[i].retime(self.spec, group, warmup_ms, rep_ms, timeout_s),
+            redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
         )
 
     def close(self) -> None:
         self._closed = True
-
-
-def _anchor_factor(ours: RetimeResult, theirs: RetimeResult, anchors: Sequence[str]) -> float | None:
-    """Median of ``ours / theirs`` over the anchors both timed; None if none did."""
-    mine = {t.kernel_digest: t.perf_ms for t in ours.timings if _usable(t)}
-    other = {t.kernel_digest: t.perf_ms for t in theirs.timings if _usable(t)}
-    ratios = sorted(mine[d] / other[d] for d in anchors if d in mine and d in other)
-    return statistics.median(ratios) if ratios else None
-
-
-def _usable(timing: RetimeTiming) -> bool:
-    return timing.status == "ok" and math.isfinite(timing.perf_ms) and timing.perf_ms > 0
-
-
-def _scaled(timing: RetimeTiming, factor: float) -> RetimeTiming:
-    if timing.status != "ok":
-        return timing
-    return dataclasses.replace(timing, perf_ms=timing.perf_ms * factor)
 
 
 def _compile_result(job: BenchmarkJob, outcome: object, handle: WorkerHandle) -> JobResult:
