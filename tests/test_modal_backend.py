@@ -454,6 +454,40 @@ def test_retime_is_pinned_to_one_container_per_session(tmp_path: Path) -> None:
         executor.close()
 
 
+class SlowJobContainersBody(CostModelBody):
+    """Job containers time every kernel 2x slower than the re-timing container (a slower clock)."""
+
+    def retime(self, session: dict[str, Any], kernels: list[dict[str, Any]], warmup_ms: float, rep_ms: float) -> dict[str, Any]:
+        reply = super().retime(session, kernels, warmup_ms, rep_ms)
+        factor = 2.0 if self.pool == "jobs" else 1.0
+        reply["retime"]["timings"] = [[d, st, base_ms(d) * factor, m] for d, st, _, m in reply["retime"]["timings"]]
+        return reply
+
+
+def base_ms(digest: str) -> float:
+    return 0.1 + int(digest[:4], 16) / 65536
+
+
+def test_population_retime_spreads_over_job_containers_in_the_retimers_units(tmp_path: Path) -> None:
+    server = StandInModal(tmp_path / "volume")
+    server.body_factory = SlowJobContainersBody
+    executor, _ = make_executor(tmp_path, server, max_containers=4)
+    try:
+        spec = tiny_spec(executor)
+        session = executor.open_session(spec)
+        kernels = [KernelSource(f"# kernel {i}\n", "k") for i in range(12)]
+        result = session.retime_spread(kernels, warmup_ms=1, rep_ms=5, timeout_s=5)  # type: ignore[attr-defined]
+        assert [t.kernel_digest for t in result.timings] == [k.digest for k in kernels]
+        for timing in result.timings:  # job containers' 2x is scaled away by the anchors
+            assert timing.status == "ok" and timing.perf_ms == pytest.approx(base_ms(timing.kernel_digest))
+        assert len(result.workers) >= 2 and result.worker_id == result.workers[0]
+        assert set(session.retime_containers) == {result.worker_id.removeprefix("modal:")}  # type: ignore[attr-defined]
+        few = session.retime_spread(kernels[:4], warmup_ms=1, rep_ms=5, timeout_s=5)  # type: ignore[attr-defined]
+        assert few.workers == () and len(few.timings) == 4
+    finally:
+        executor.close()
+
+
 # ---------------------------------------------------------------------- real Helion searches, cost-model containers
 
 

@@ -61,6 +61,7 @@ from .modal_blobs import DEFAULT_CHUNK_BYTES, VolumeBlobStore
 from .modal_client import ModalClient, RealModalClient
 from .modal_cost import CostMeter, CostReport
 from .modal_settings import BLOB_MOUNT, WORKER_CLS_NAME, ModalSettings
+from ..spread import spread_groups, spread_retime
 from .modal_wire import job_to_dict, kernel_to_dict, result_from_dict, retime_from_dict, spec_to_dict
 
 log = logging.getLogger(__name__)
@@ -439,6 +440,30 @@ class ModalSession:
         self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
     ) -> RetimeResult:
         """All finalists on this session's one re-timing container; failures keep earlier timings."""
+        return self._retime_on(self._retimer, kernels, warmup_ms, rep_ms, timeout_s, pinned=True)
+
+    def retime_spread(
+        self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
+    ) -> RetimeResult:
+        """The population re-benchmark over the re-timing container and the job containers,
+        in the re-timing container's units (anchored; see :mod:`helion_remote.spread`)."""
+        groups = None
+        if self._retimer is not self._jobs:  # with no dedicated re-timing container, one call is as good
+            groups = spread_groups(kernels, 1 + self._executor.settings.job_containers)
+        if groups is None or self._over_budget(extra=len(groups) - 1):
+            return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
+        return spread_retime(
+            kernels, groups,
+            run=lambda i, group: self._retime_on(self._retimer if i == 0 else self._jobs, group, warmup_ms,
+                                                 rep_ms, timeout_s, pinned=i == 0),
+            redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
+        )
+
+    def _retime_on(
+        self, target: Any, kernels: Sequence[KernelSource], warmup_ms: float, rep_ms: float, timeout_s: float,
+        *, pinned: bool,
+    ) -> RetimeResult:
+        """One ``retime`` call on ``target``'s containers; ``pinned`` tracks the session's re-timing container."""
         ex = self._executor
         digests = [k.digest for k in kernels]
 
@@ -450,13 +475,13 @@ class ModalSession:
         s = ex.settings
         wait = s.startup_timeout_s + s.session_load_s + max(timeout_s, 1.0) * max(1, len(kernels)) * 3
         try:
-            call = self._retimer.retime.spawn(self._payload, [kernel_to_dict(k) for k in kernels], warmup_ms, rep_ms)
+            call = target.retime.spawn(self._payload, [kernel_to_dict(k) for k in kernels], warmup_ms, rep_ms)
             reply = call.get(timeout=wait)
         except Exception as error:  # noqa: BLE001
             return failed(f"{type(error).__name__}: {error}")
         stamp = reply.get("container") or {}
-        ex.meter.observe(stamp, job=False)
-        if stamp.get("id"):
+        ex.meter.observe(stamp, job=not pinned)
+        if pinned and stamp.get("id"):
             if self.retime_containers and self.retime_containers[-1] != stamp["id"]:
                 log.warning("re-timing container for session %s changed (%s -> %s): it was lost; timings of "
                             "different calls may not compare", self.spec.session_id, self.retime_containers[-1],
