@@ -43,6 +43,7 @@ def test_pool_generates_exactly_the_coordinators_code(kernel: object, make_args:
         pool.close()
 
 
+@pytest.mark.filterwarnings("ignore:target profile 'h200' was captured with helion")
 def test_pool_under_target_emulation_matches_the_emulating_coordinator() -> None:
     from helion_remote.target import emulate_target, load_profile, stand_in_args
 
