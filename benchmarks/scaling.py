@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
     add_tuning_arguments(parser)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--also-codegen-workers", type=int, default=0,
+                        help="add an N-GPU run with this many codegen processes (same process, same budget)")
     options = parser.parse_args()
     if options.gpus < 2:
         raise SystemExit(f"scaling needs 2 or more GPUs; this host shows {torch.cuda.device_count()}")
@@ -54,14 +56,18 @@ def main() -> None:
         f"{options.gpus}gpu": run_remote(args, options.budget, options.effort, options.seed,
                                          devices=list(range(options.gpus)), codegen_workers=options.codegen_workers),
     }
+    if options.also_codegen_workers:
+        runs[f"{options.gpus}gpu+cg{options.also_codegen_workers}"] = run_remote(
+            args, options.budget, options.effort, options.seed, devices=list(range(options.gpus)),
+            codegen_workers=options.also_codegen_workers)
     timed = retime({name: run["config"] for name, run in runs.items()}, args)
     for run in runs.values():
         check_correct(run["config"], args)
-    print(f"\n{'run':<8}{'configs':>9}{'wall s':>9}{'configs/s':>11}{'reported ms':>13}{'re-timed ms':>13}  Helion's final verification")
+    print(f"\n{'run':<12}{'configs':>9}{'wall s':>9}{'configs/s':>11}{'reported ms':>13}{'re-timed ms':>13}  Helion's final verification")
     for name, run in runs.items():
         run["configs_per_s"] = run["configs"] / run["wall_s"]
         run["retimed_ms"] = timed[name]
-        print(f"{name:<8}{run['configs']:>9}{run['wall_s']:>9.1f}{run['configs_per_s']:>11.2f}"
+        print(f"{name:<12}{run['configs']:>9}{run['wall_s']:>9.1f}{run['configs_per_s']:>11.2f}"
               f"{run['reported_ms']:>13.4f}{timed[name]:>13.4f}  {finalist_line(run['stats'])}")
         print(f"         pipeline: {json.dumps(run['pipeline'])}")
         print(f"         phases: {json.dumps(run['phases'])}")
@@ -71,7 +77,9 @@ def main() -> None:
     speedup = many["configs_per_s"] / one["configs_per_s"]
     print(f"\nconfigs/s {options.gpus} GPUs / 1 GPU: {speedup:.2f}x (target >= {0.9 * options.gpus:.2f}); "
           f"re-timed best latency {options.gpus} GPUs / 1 GPU: {many['retimed_ms'] / one['retimed_ms']:.4f} (target <= 1.0)")
-    print(f"cuBLAS re-timed: {timed['cublas']:.4f} ms; both winners re-timed side by side by this script on cuda:0")
+    for name, run in runs.items():
+        print(f"evaluated/s {name} / 1gpu: {run['phases']['evaluated_per_s'] / one['phases']['evaluated_per_s']:.2f}x")
+    print(f"cuBLAS re-timed: {timed['cublas']:.4f} ms; the winners re-timed side by side by this script on cuda:0")
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({name: {k: (v.to_json() if k == "config" else v) for k, v in run.items()} for name, run in runs.items()}
