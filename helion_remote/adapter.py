@@ -21,6 +21,7 @@ from unittest import mock
 
 from . import _helion_compat as compat
 from .provider import RemoteBenchmarkProvider
+from .worker.process import patched_environ
 
 _RUN_LOCK = threading.RLock()
 LLM_ALGORITHMS = ("LLMGuidedSearch", "LLMSeededSearch", "LLMSeededLFBOTreeSearch")
@@ -61,7 +62,8 @@ def remote_mode(provider_cls: type[RemoteBenchmarkProvider], effort: str = "full
         if not (effort == "full" and compat.HAS_FINAL_SELECTION):
             # Single-pass final verification would time finalists in-process;
             # ask for isolated re-timing, which the provider sends to one worker.
-            stack.enter_context(mock.patch.dict(os.environ, {compat.FINAL_REBENCHMARK_ISOLATED_ENV: "1"}))
+            # Only this key is restored afterwards: worker start-up threads set others meanwhile.
+            stack.enter_context(patched_environ({compat.FINAL_REBENCHMARK_ISOLATED_ENV: "1"}))
         yield
 
 

@@ -92,6 +92,25 @@ def _start_context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block, then restore exactly those keys.
+
+    Only the keys set here are put back (never the whole environment), so a
+    variable another thread sets meanwhile (``mock.patch.dict`` in a search) survives.
+    """
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _forkserver_wanted() -> bool:
     return (
         _FORKSERVER_USABLE
@@ -116,13 +135,8 @@ def start_worker_server(*, wait: bool = False) -> bool:
 
         # The server inherits this environment: its imports must not touch CUDA
         # (torch then refuses CUDA in every forked child), so NVML-only checks.
-        saved = dict(os.environ)
-        os.environ.update(_SERVER_ENV)
-        try:
+        with patched_environ(_SERVER_ENV):
             forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
         if wait:  # the server forks only after its preload: a no-op child marks the end
             probe = context.Process(target=os.getpid, daemon=True)
             probe.start()
@@ -273,18 +287,13 @@ class WorkerHandle:
                 raise RuntimeError(f"worker {self.worker_id} is closed")
             started = time.perf_counter()
             parent, child = self._ctx.Pipe(duplex=True)
-            process = self._ctx.Process(
-                target=_child_main, args=(child, self.spec, dict(os.environ)), name=f"helion-remote-{self.worker_id}",
-                daemon=True,
-            )
             with _SPAWN_ENV_LOCK, _main_module_hidden():
-                saved = dict(os.environ)
-                os.environ.update(child_environment(self.spec))
-                try:
+                process = self._ctx.Process(
+                    target=_child_main, args=(child, self.spec, dict(os.environ)),
+                    name=f"helion-remote-{self.worker_id}", daemon=True,
+                )
+                with patched_environ(child_environment(self.spec)):
                     process.start()
-                finally:
-                    os.environ.clear()
-                    os.environ.update(saved)
             child.close()
             self._process, self._conn, self._session_key = process, parent, None
             try:
