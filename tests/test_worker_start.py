@@ -62,3 +62,17 @@ def test_the_worker_server_imports_with_nvml_only_cuda_checks(monkeypatch) -> No
     assert process.start_worker_server() is True
     assert seen["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1" and seen["TRITON_INTERPRET"] == "0"
     assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ  # restored
+
+
+def test_environment_patches_restore_only_their_own_keys(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Worker start-up runs in threads while a search sets its own variables: a
+    whole-environment restore would erase them (it once erased Helion's
+    final-rebenchmark setting mid-search)."""
+    monkeypatch.setenv("HR_TEST_KEPT", "before")
+    monkeypatch.delenv("HR_TEST_NEW", raising=False)
+    monkeypatch.delenv("HR_TEST_OTHER", raising=False)
+    with process.patched_environ({"HR_TEST_KEPT": "during", "HR_TEST_NEW": "during"}):
+        assert os.environ["HR_TEST_KEPT"] == os.environ["HR_TEST_NEW"] == "during"
+        os.environ["HR_TEST_OTHER"] = "set by another thread"
+    assert os.environ["HR_TEST_KEPT"] == "before" and "HR_TEST_NEW" not in os.environ
+    assert os.environ.pop("HR_TEST_OTHER") == "set by another thread"
