@@ -53,8 +53,9 @@ class CodegenSpec:
 
 
 def _child(conn: Connection, spec: CodegenSpec, environ: dict[str, str]) -> None:
-    os.environ.clear()
-    os.environ.update(environ)
+    from .worker.process import adopt_environ
+
+    adopt_environ(environ)
     try:
         generate = _bind(spec)
         conn.send(("ready", None))
@@ -87,14 +88,9 @@ def _bind(spec: CodegenSpec) -> Any:
 
     from .argcodec import download_args
     from .blobs import DirectoryBlobStore
-    from .kernel_copy import private_kernel
-    from .target.drift import load_source_module
+    from .target.drift import load_private_kernel
 
-    module = load_source_module(spec.definition)
-    kernel: Any = module
-    for part in spec.kernel_attr.split("."):
-        kernel = getattr(kernel, part)
-    private = private_kernel(kernel, dict(spec.settings))
+    private = load_private_kernel(spec.definition, spec.kernel_attr, dict(spec.settings))
     stack = contextlib.ExitStack()  # kept open for the process's life, as the coordinator does
     if spec.profile is not None:
         from .target import TargetProfile, emulate_target, stand_in_args
@@ -144,14 +140,17 @@ class _Member:
 class CodegenPool:
     """``processes`` code generators for one search; ``generate`` streams sources."""
 
-    def __init__(self, spec: CodegenSpec, bound: Any, probe_config: Any, processes: int) -> None:
+    def __init__(
+        self, spec: CodegenSpec, bound: Any, probe_config: Any, processes: int, *, owns_store: bool = False
+    ) -> None:
         if processes < 1:
             raise ValueError(f"a codegen pool needs processes >= 1, got {processes!r}")
         self._bound = bound
         self._local_lock = threading.Lock()
         """Codegen on the coordinator's bound kernel is one thread at a time."""
         self._members: list[_Member] = []
-        self._store_root: str | None = None
+        self._store_root = spec.store_root if owns_store else None
+        """Removed on ``close`` when the pool made it (``start_codegen_pool``)."""
         self._lock = threading.Lock()
         self._ready = threading.Event()
         expected = kernel_source(bound, probe_config).digest
@@ -297,9 +296,7 @@ def start_codegen_pool(
         store_root=root, args_digest=upload.digest, device=args_device(args),
         profile=None if profile is None else profile.to_dict(),
     )
-    pool = CodegenPool(spec, bound, bound.config_spec.default_config(), processes)
-    pool._store_root = root
-    return pool
+    return CodegenPool(spec, bound, bound.config_spec.default_config(), processes, owns_store=True)
 
 
 def _start_methods() -> list[str]:

@@ -134,13 +134,22 @@ def config_space_report(
     its private kernel copy (they can change the space).  The bind uses a
     private ``Kernel`` copy, so the module's own bind cache is untouched.
     """
-    module = load_source_module(kernel_module, work_dir)
-    kernel: Any = module
-    for part in kernel_attr.split("."):
-        kernel = getattr(kernel, part)
+    return space_report(load_private_kernel(kernel_module, kernel_attr, settings, work_dir).bind(tuple(args)))
+
+
+def load_private_kernel(
+    kernel_module: SourceModule,
+    kernel_attr: str,
+    settings: Mapping[str, object] | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The shipped kernel (``module.attr``) as a private copy with the coordinator's settings."""
     from ..kernel_copy import private_kernel
 
-    return space_report(private_kernel(kernel, settings).bind(tuple(args)))
+    kernel: Any = load_source_module(kernel_module, work_dir)
+    for part in kernel_attr.split("."):
+        kernel = getattr(kernel, part)
+    return private_kernel(kernel, settings)
 
 
 def load_source_module(kernel_module: SourceModule, work_dir: str | os.PathLike[str] | None = None) -> Any:

@@ -182,6 +182,13 @@ def child_environment(spec: WorkerSpec) -> dict[str, str]:
 # ---------------------------------------------------------------------- child
 
 
+def adopt_environ(environ: dict[str, str]) -> None:
+    """In a child: take the parent's environment as it was at start (a forkserver child
+    would otherwise inherit the server's, frozen when the server started)."""
+    os.environ.clear()
+    os.environ.update(environ)
+
+
 def _child_main(conn: Connection, spec: WorkerSpec, environ: dict[str, str] | None = None) -> None:
     """Serve requests until ``shutdown``, EOF, or a poisoned device.
 
@@ -189,8 +196,7 @@ def _child_main(conn: Connection, spec: WorkerSpec, environ: dict[str, str] | No
     otherwise inherit the server's, frozen when the first worker started.
     """
     if environ is not None:
-        os.environ.clear()
-        os.environ.update(environ)
+        adopt_environ(environ)
     try:
         os.setsid()  # own process group: the parent kills compiler grandchildren too
     except OSError:
