@@ -55,7 +55,7 @@ def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: in
 
 
 def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int],
-               codegen_workers: int = 0) -> dict[str, object]:
+               codegen_workers: int | None = None, order_by_compile_cost: bool = True) -> dict[str, object]:
     import helion_remote
     from helion_remote.backends.local import LocalExecutor
 
@@ -63,13 +63,16 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
     with record_phases() as phases:
         start, start_epoch = time.perf_counter(), time.time()
         result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
-                                        codegen_workers=codegen_workers, autotune_budget_seconds=budget,
+                                        codegen_workers=codegen_workers, order_by_compile_cost=order_by_compile_cost,
+                                        autotune_budget_seconds=budget,
                                         autotune_random_seed=seed)
         wall = time.perf_counter() - start
     startup = executor.startup_report()
     executor.close()
+    pipeline = pipeline_summary(result.records, wall)
+    pipeline["batch_tail_s_mean"] = batch_tail(phases.events, result.records, phases.origin_epoch)
     return {"config": result.config, "wall_s": wall, "configs": result.stats["configs_measured"],
-            "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline_summary(result.records, wall),
+            "reported_ms": result.best_ms, "stats": result.stats, "pipeline": pipeline,
             "phases": phases.summary(wall), "events": phases.events, "events_origin_epoch": phases.origin_epoch, "records": result.records,
             "started_at_epoch": start_epoch, "startup": startup_summary(startup)}
 
@@ -99,6 +102,22 @@ def pipeline_summary(records: list[dict[str, object]], wall_s: float) -> dict[st
         "compile_s_p50": pct(compile_s, 0.5), "compile_s_p90": pct(compile_s, 0.9),
         "compile_s_sum": sum(compile_s),
     }
+
+
+def batch_tail(events: list[list[object]], records: list[dict[str, object]], origin_epoch: float) -> float:
+    """Mean seconds a generation batch ran on after 90% of its device jobs had finished.
+
+    The first batch (Helion's random population) is left out: nothing has
+    compiled yet, so no ordering applies to it.
+    """
+    tails = []
+    for kind, start, duration, _ in [e for e in events if e[0] == "batch"][1:]:
+        end = float(start) + float(duration)
+        finished = sorted(float(r["finished_at"]) - origin_epoch for r in records
+                          if r["started_at"] and float(start) <= float(r["started_at"]) - origin_epoch <= end)
+        if finished:
+            tails.append(end - finished[int(0.9 * (len(finished) - 1))])
+    return round(statistics.mean(tails), 3) if tails else float("nan")
 
 
 def retime(configs: dict[str, helion.Config], args: tuple[torch.Tensor, ...], rounds: int = 5) -> dict[str, float]:
@@ -133,7 +152,8 @@ def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--effort", default="full")
     parser.add_argument("--size", type=int, default=4096, help="matmul size (size^3, fp16)")
     parser.add_argument("--seed", type=int, default=0, help="autotune_random_seed and input seed")
-    parser.add_argument("--codegen-workers", type=int, default=0, help="helion-remote codegen processes")
+    parser.add_argument("--codegen-workers", type=int, default=None,
+                        help="helion-remote codegen processes (default: the backend's suggestion)")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ effort), seed and time budget on 1 GPU and on N GPUs.  Prints configs/s on
 each, the ratio against the 0.9 x N target, both winners re-timed side by
 side on GPU 0, and which worker re-timed the finalists (always one).
 
-    python benchmarks/scaling.py [--gpus N] [--budget 150]
+    python benchmarks/scaling.py [--gpus N] [--budget 150] [--extra NAME:GPUS:CODEGEN:ORDER ...]
 """
 
 from __future__ import annotations
@@ -31,16 +31,29 @@ def finalist_line(stats: dict[str, object]) -> str:
     return "skipped by Helion (budget spent)"
 
 
+def parse_extra(text: str) -> tuple[str, int, int | None, bool]:
+    """``NAME:GPUS:CODEGEN:ORDER`` -> (name, gpus, codegen processes or None for auto, ordered)."""
+    try:
+        name, gpus, codegen, ordered = text.split(":")
+        if ordered not in ("0", "1"):
+            raise ValueError(ordered)
+        return name, int(gpus), None if codegen == "auto" else int(codegen), ordered == "1"
+    except ValueError:
+        raise SystemExit(f"--extra {text!r}: expected NAME:GPUS:CODEGEN:ORDER, e.g. 2gpu-unordered:2:auto:0") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
     add_tuning_arguments(parser)
     parser.add_argument("--json", default=None)
-    parser.add_argument("--also-codegen-workers", type=int, default=0,
-                        help="add an N-GPU run with this many codegen processes (same process, same budget)")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME:GPUS:CODEGEN:ORDER",
+                        help="another run in the same process, e.g. 2gpu-unordered:2:auto:0 or 1gpu+cg4:1:4:1 "
+                             "(CODEGEN: processes or 'auto'; ORDER: 1 = longest-compile-first, 0 = Helion's order)")
     options = parser.parse_args()
     if options.gpus < 2:
         raise SystemExit(f"scaling needs 2 or more GPUs; this host shows {torch.cuda.device_count()}")
+    extras = [parse_extra(text) for text in options.extra]
     print(f"{time.strftime('%Y-%m-%d %H:%M')} {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
     args = tuple(a.cuda() for a in make_args(options.size, options.seed))
@@ -50,35 +63,38 @@ def main() -> None:
 
     started = time.perf_counter()
     print(f"worker forkserver started: {start_worker_server(wait=True)} in {time.perf_counter() - started:.1f}s", flush=True)
-    runs = {
-        "1gpu": run_remote(args, options.budget, options.effort, options.seed, devices=[0],
-                           codegen_workers=options.codegen_workers),
-        f"{options.gpus}gpu": run_remote(args, options.budget, options.effort, options.seed,
-                                         devices=list(range(options.gpus)), codegen_workers=options.codegen_workers),
-    }
-    if options.also_codegen_workers:
-        runs[f"{options.gpus}gpu+cg{options.also_codegen_workers}"] = run_remote(
-            args, options.budget, options.effort, options.seed, devices=list(range(options.gpus)),
-            codegen_workers=options.also_codegen_workers)
+    plan = [("1gpu", 1, options.codegen_workers, True), (f"{options.gpus}gpu", options.gpus, options.codegen_workers, True),
+            *extras]
+    runs = {}
+    for name, gpus, codegen, ordered in plan:
+        runs[name] = run_remote(args, options.budget, options.effort, options.seed, devices=list(range(gpus)),
+                                codegen_workers=codegen, order_by_compile_cost=ordered)
+        run = runs[name]
+        print(f"{name} done: {run['configs']} configs in {run['wall_s']:.1f}s, evaluated/s {run['phases']['evaluated_per_s']}, "
+              f"batch tail {run['pipeline']['batch_tail_s_mean']} s, codegen processes {run['stats'].get('codegen_workers')}, "
+              f"compile order {run['stats'].get('compile_order')}", flush=True)
     timed = retime({name: run["config"] for name, run in runs.items()}, args)
     for run in runs.values():
         check_correct(run["config"], args)
-    print(f"\n{'run':<12}{'configs':>9}{'wall s':>9}{'configs/s':>11}{'reported ms':>13}{'re-timed ms':>13}  Helion's final verification")
+    print(f"\n{'run':<16}{'configs':>9}{'wall s':>9}{'configs/s':>11}{'reported ms':>13}{'re-timed ms':>13}  Helion's final verification")
     for name, run in runs.items():
         run["configs_per_s"] = run["configs"] / run["wall_s"]
         run["retimed_ms"] = timed[name]
-        print(f"{name:<12}{run['configs']:>9}{run['wall_s']:>9.1f}{run['configs_per_s']:>11.2f}"
+        print(f"{name:<16}{run['configs']:>9}{run['wall_s']:>9.1f}{run['configs_per_s']:>11.2f}"
               f"{run['reported_ms']:>13.4f}{timed[name]:>13.4f}  {finalist_line(run['stats'])}")
         print(f"         pipeline: {json.dumps(run['pipeline'])}")
         print(f"         phases: {json.dumps(run['phases'])}")
         print(f"         startup: {json.dumps(run['startup'])}, session open {run['stats']['session_open_s']} s")
-        print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}")
+        print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}; "
+              f"codegen processes {run['stats'].get('codegen_workers')}; compile order {run['stats'].get('compile_order')}")
     one, many = runs["1gpu"], runs[f"{options.gpus}gpu"]
     speedup = many["configs_per_s"] / one["configs_per_s"]
     print(f"\nconfigs/s {options.gpus} GPUs / 1 GPU: {speedup:.2f}x (target >= {0.9 * options.gpus:.2f}); "
           f"re-timed best latency {options.gpus} GPUs / 1 GPU: {many['retimed_ms'] / one['retimed_ms']:.4f} (target <= 1.0)")
     for name, run in runs.items():
-        print(f"evaluated/s {name} / 1gpu: {run['phases']['evaluated_per_s'] / one['phases']['evaluated_per_s']:.2f}x")
+        print(f"{name} / 1gpu: configs/s {run['configs_per_s'] / one['configs_per_s']:.2f}x, "
+              f"evaluated/s {run['phases']['evaluated_per_s'] / one['phases']['evaluated_per_s']:.2f}x, "
+              f"batch tail {run['pipeline']['batch_tail_s_mean']} s")
     print(f"cuBLAS re-timed: {timed['cublas']:.4f} ms; the winners re-timed side by side by this script on cuda:0")
     if options.json:
         with open(options.json, "w") as handle:

@@ -162,6 +162,17 @@ def resolve_target(target: Any, executor: RemoteBenchmarkExecutor, args: Sequenc
     return load_profile(target)
 
 
+def suggested_codegen_workers(executor: object) -> int:
+    """The backend's advice on codegen processes (0 when it has none)."""
+    suggest = getattr(executor, "suggested_codegen_workers", None)
+    if not callable(suggest):
+        return 0
+    count = suggest()
+    if not isinstance(count, int) or count < 0:
+        raise TypeError(f"{type(executor).__name__}.suggested_codegen_workers() must return an int >= 0, got {count!r}")
+    return count
+
+
 def autotune(
     kernel: Any,
     args: Sequence[object],
@@ -173,7 +184,8 @@ def autotune(
     algorithm_options: dict[str, object] | None = None,
     max_infra_retries: int = 3,
     deduplicate_sources: bool = True,
-    codegen_workers: int = 0,
+    order_by_compile_cost: bool = True,
+    codegen_workers: int | None = None,
     print_result: bool = True,
     **settings: object,
 ) -> AutotuneResult:
@@ -193,10 +205,17 @@ def autotune(
     (Helion maps several configs to the same code) are measured once per
     search and share that result; ``stats["deduplicated"]`` counts them.
 
+    ``order_by_compile_cost``: dispatch each batch longest-compile-first, as
+    predicted from this search's earlier compiles (a batch waits for its
+    slowest compile); ``stats["compile_order"]`` says how well it predicted.
+    Results reach the search in its own order either way.
+
     ``codegen_workers``: processes that generate code in parallel with the
     coordinator's (each binds the kernel once; only processes whose code for a
     probe config is byte-identical to the coordinator's are used).  Worth it
     when code generation, not the GPUs, feeds the batches (several GPUs).
+    ``None`` asks the backend (``suggested_codegen_workers()``; the local
+    backend says 4 on a host with 2+ GPUs and 32+ CPUs, else fewer or 0).
 
     ``algorithm_options`` are keyword arguments for the search class (they
     override the effort profile's), ``settings`` are Helion settings
@@ -217,6 +236,10 @@ def autotune(
     progress = ProgressLine() if private.settings.autotune_progress_bar else None
     context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
     context.deduplicate_sources = deduplicate_sources
+    if not order_by_compile_cost:
+        context.compile_cost = None
+    if codegen_workers is None:
+        codegen_workers = suggested_codegen_workers(executor)
     profile = resolve_target(target, executor, args)
     with contextlib.ExitStack() as stack:
         search_args: tuple[object, ...] = args
@@ -249,6 +272,7 @@ def autotune(
             factory = search_factory(bound, search_args, algorithm_cls, **(algorithm_options or {}))
             # The cache enters remote_mode for the whole run (trials included).
             config = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context).autotune()
+        codegen_processes = 0 if context.codegen_pool is None else context.codegen_pool.size
         best_ms = context.last_perf_ms.get(kernel_source(bound, config).digest, math.inf)
         decorator = bound.format_kernel_decorator(config, bound.settings)
     stats.wall_s = time.perf_counter() - started
@@ -263,6 +287,9 @@ def autotune(
         target=None if profile is None else f"{profile.name} ({profile.fingerprint[:12]})",
         records=list(stats.records),
     )
+    if context.compile_cost is not None:
+        result.stats["compile_order"] = context.compile_cost.summary()
+    result.stats["codegen_workers"] = codegen_processes
     cost = getattr(executor, "cost_report", None)
     if callable(cost):
         result.stats["cost"] = str(cost())

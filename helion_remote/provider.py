@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _helion_compat as compat
 from .codegen import config_to_dict, kernel_source
+from .compile_order import CompileCostModel, compile_seconds
 from .dispatch import growing_chunks, run_jobs
 from .protocol import (
     BenchmarkJob,
@@ -78,6 +79,8 @@ class RemoteContext:
     """A :class:`~helion_remote.codegen_pool.CodegenPool` generating code in parallel, or None."""
     deduplicate_sources: bool = True
     """Configs whose generated module is byte-identical are measured once per session."""
+    compile_cost: CompileCostModel | None = dataclasses.field(default_factory=CompileCostModel)
+    """Orders each batch longest-compile-first from this search's compiles; None keeps Helion's order."""
     last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Latest timing per config key: batch timings, overwritten by finalist re-timing."""
     _job_counter: itertools.count = dataclasses.field(default_factory=itertools.count)
@@ -218,15 +221,19 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         in_flight: set[str] = set()
         state = {"raise": None}
 
+        ctx.stats.batches += 1
+        order = ctx.compile_cost.order(configs) if ctx.compile_cost is not None else range(len(configs))
+
         def sources() -> Iterator[tuple[int, KernelSource | Exception]]:
-            """``(index, source or codegen error)``: a pool's processes, else one config at a time here."""
+            """``(index, source or codegen error)`` in dispatch order: a pool's processes, else here."""
             pool = ctx.codegen_pool
             if pool is not None and pool.size and len(configs) >= 2 * pool.size:
-                yield from pool.generate(configs)
+                for position, item in pool.generate([configs[i] for i in order]):
+                    yield order[position], item
                 return
-            for index, config in enumerate(configs):
+            for index in order:
                 try:
-                    yield index, kernel_source(self.kernel, config)
+                    yield index, kernel_source(self.kernel, configs[index])
                 except Exception as error:  # noqa: BLE001 - a codegen failure is the config's
                     yield index, error
 
@@ -292,6 +299,8 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         for job_id, (index, job, handle) in jobs.items():
             results[index] = self._to_helion(configs[index], handle, finals[job_id])
             self._source_results[job.kernel.digest] = finals[job_id]
+            if ctx.compile_cost is not None:
+                ctx.compile_cost.observe(configs[index], compile_seconds(finals[job_id].stages, finals[job_id].compile_time_s))
         for index, digest, handle in copies:
             ctx.stats.deduplicated += 1
             results[index] = self._to_helion(configs[index], handle, self._source_results[digest], measured=False)

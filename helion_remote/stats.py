@@ -37,6 +37,8 @@ class RunStats:
     """One row per job result (retried infra failures included): the run's journal."""
     codegen_s: float = 0.0
     wall_s: float = 0.0
+    batches: int = 0
+    """Benchmark batches the search asked for; each journal row names its batch."""
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def record(self, result: object) -> None:
@@ -44,6 +46,7 @@ class RunStats:
             self.records.append(
                 {
                     "job_id": result.job_id,
+                    "batch": self.batches,
                     "status": result.status,
                     "perf_ms": result.perf_ms,
                     "compile_time_s": result.compile_time_s,
@@ -74,6 +77,7 @@ class RunStats:
             "population_retime_workers": sorted(self.population_retime_workers),
             "workers_used": sorted(self.workers_used),
             "devices_used": sorted(self.devices_used),
+            "batches": self.batches,
             "codegen_s": round(self.codegen_s, 4),
             "wall_s": round(self.wall_s, 4),
         }

@@ -22,6 +22,9 @@ Semantics (documented in docs/fake-backend.md):
   default (``attempts``), so the coordinator's retry on another worker
   succeeds.  ``straggler`` multiplies the job's latency by ``slow_factor``.
   ``worker_crash`` and ``sticky_error`` replace the worker (new worker id).
+* Compile time: ``compile_cost_model(config_dict) -> seconds`` is reported as
+  each job's ``compile_time_s`` (not slept), e.g. to exercise the provider's
+  longest-compile-first ordering; default 0.01 s.
 * Re-timing is served only for kernels this executor measured ``ok``;
   anything else is an error, like a real worker that never compiled it.
 """
@@ -152,6 +155,7 @@ class FakeExecutor:
         blob_store: BlobStore | None = None,
         device_name: str = "Fake GPU",
         space_report: dict[str, object] | None = None,
+        compile_cost_model: Callable[[dict[str, object]], float] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"FakeExecutor needs workers >= 1, got {workers!r}")
@@ -164,6 +168,8 @@ class FakeExecutor:
         self.faults = tuple(faults)
         self.device_name = device_name
         self.space_report = space_report
+        self.compile_cost_model = compile_cost_model
+        """``config_dict -> seconds`` reported as each job's compile time (not slept); None: 0.01 s."""
         """What the fake's "workers" report as Helion's config space on the real
         arguments (drift guard); None: they report nothing, the guard is skipped."""
         self._blob_store = blob_store if blob_store is not None else MemoryBlobStore()
@@ -263,20 +269,21 @@ class FakeExecutor:
             kernel_digest=job.kernel.digest,
         )
         kind = fault.kind if fault else None
+        compiled_s = self.compile_cost_model(job.config) if self.compile_cost_model is not None else 0.01
         if kind in ("worker_crash", "transport_error"):
             if kind == "worker_crash":
                 self._replace_worker(worker)
             message = "fake worker process died" if kind == "worker_crash" else "fake transport dropped the reply"
             return JobResult(status="infra_error", error_class=kind, error_message=message, finished_at=time.time(), **common)
         if kind == "compile_error":
-            return JobResult(status="error", compile_time_s=0.01, error_class="CompilationError",
+            return JobResult(status="error", compile_time_s=compiled_s, error_class="CompilationError",
                              error_message="injected compile error", finished_at=time.time(), **common)
         if kind == "runtime_error":
-            return JobResult(status="error", compile_time_s=0.01, error_class="RuntimeError",
+            return JobResult(status="error", compile_time_s=compiled_s, error_class="RuntimeError",
                              error_message="injected runtime error", finished_at=time.time(), **common)
         if kind == "sticky_error":
             self._replace_worker(worker)
-            return JobResult(status="error", compile_time_s=0.01, error_class="RuntimeError",
+            return JobResult(status="error", compile_time_s=compiled_s, error_class="RuntimeError",
                              error_message="CUDA error: an illegal memory access was encountered (injected; worker replaced)",
                              finished_at=time.time(), **common)
         if kind == "timeout":
@@ -285,13 +292,13 @@ class FakeExecutor:
                              error_message=f"injected hang, cut off after {job.run_timeout_s}s",
                              finished_at=time.time(), **common)
         if kind == "accuracy_error":
-            return JobResult(status="accuracy_error", compile_time_s=0.01, error_class="AssertionError",
+            return JobResult(status="accuracy_error", compile_time_s=compiled_s, error_class="AssertionError",
                              error_message="injected accuracy failure: output differs from the baseline",
                              finished_at=time.time(), **common)
         perf = self._perf(job.config, ("job", job.attempt), self.noise)
         with self._lock:
             self._measured[job.kernel.digest] = job.config
-        return JobResult(status="ok", perf_ms=perf, compile_time_s=0.01, finished_at=time.time(), **common)
+        return JobResult(status="ok", perf_ms=perf, compile_time_s=compiled_s, finished_at=time.time(), **common)
 
     def _retime(self, kernels: Sequence[KernelSource], worker: _FakeWorker, call: int) -> RetimeResult:
         timings = []
