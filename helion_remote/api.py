@@ -215,7 +215,7 @@ def autotune(
     probe config is byte-identical to the coordinator's are used).  Worth it
     when code generation, not the GPUs, feeds the batches (several GPUs).
     ``None`` asks the backend (``suggested_codegen_workers()``; the local
-    backend says 4 on a host with 2+ GPUs and 32+ CPUs, else fewer or 0).
+    backend says one per 8 CPUs, at most 4, and 0 under the interpreter).
 
     ``algorithm_options`` are keyword arguments for the search class (they
     override the effort profile's), ``settings`` are Helion settings

@@ -241,6 +241,8 @@ class RemoteSession(Protocol):
 
         The same worker is used for every ``retime`` call of a session while it
         lives, so a multi-window final selection compares like with like.
+        ``timeout_s`` bounds the whole call (the provider sizes it to the
+        number of kernels; see ``provider.retime_call_timeout_s``).
         """
         ...
 

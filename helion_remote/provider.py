@@ -414,7 +414,10 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             sources,
             warmup_ms=float(warmup),
             rep_ms=float(rep),
-            timeout_s=float(timeout if timeout is not None else self.settings.autotune_benchmark_timeout),
+            timeout_s=retime_call_timeout_s(
+                float(timeout if timeout is not None else self.settings.autotune_benchmark_timeout),
+                len(sources), float(warmup), float(rep),
+            ),
         )
         stats = self.context.stats
         stats.retime_calls += 1
@@ -463,6 +466,17 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
 
     def invalidate_effective_source_hash(self, source_hash: str) -> None:
         return None
+
+
+def retime_call_timeout_s(per_kernel_timeout_s: float, count: int, warmup_ms: float, rep_ms: float) -> float:
+    """The limit for one re-timing call of ``count`` kernels.
+
+    Helion's timeout is per kernel, but one call re-times a whole population
+    (130 members at its ~200 ms window took 30 s on an H200, so a flat 30 s
+    limit cut a healthy worker off).  Each kernel gets its window twice over
+    plus 50 ms to load, and the call Helion's timeout once on top for a hang.
+    """
+    return per_kernel_timeout_s + count * (2.0 * (warmup_ms + rep_ms) / 1000.0 + 0.05)
 
 
 def _executor_budget_spent(executor: object) -> bool:

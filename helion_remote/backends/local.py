@@ -198,15 +198,15 @@ class LocalExecutor:
         return self._devices[0].target_profile()
 
     def suggested_codegen_workers(self) -> int:
-        """Codegen processes for ``autotune(codegen_workers=None)``.
+        """Codegen processes for ``autotune(codegen_workers=None)``: one per 8 CPUs, at most 4.
 
-        With 2+ GPUs the coordinator's one-thread code generation (~26 ms a
-        config on an H200 host) is over half a batch, and a pool of 4 took a
-        2x H200 batch from 16-19 to 24-27 configs/s.  One GPU is the
-        bottleneck by itself, so none there; one process per 8 CPUs, at most 4,
-        leaves the compile workers their cores.
+        The coordinator's one-thread code generation (~26 ms a config on an
+        H200 host) feeds every batch.  Measured on 2x H200 (32 CPUs), a pool
+        of 4 took 2-GPU batches from 16-19 to 24-27 configs/s and one-GPU
+        batches from ~16 to ~18.  Fewer than 8 CPUs per process would take
+        cores from the compile workers; the interpreter pool has none to spare.
         """
-        if self.interpreter or len(self._devices) < 2:
+        if self.interpreter:
             return 0
         return min(4, (os.cpu_count() or 1) // 8)
 
