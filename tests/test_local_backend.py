@@ -220,6 +220,38 @@ def test_mixed_gpu_models_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path)
         ex.close()
 
 
+def test_codegen_processes_suggested_per_8_cpus_for_gpu_pools_only(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from helion_remote.api import suggested_codegen_workers
+
+    monkeypatch.setattr(local_backend, "_visible_gpus", lambda devices: [(0, "NVIDIA H200", 140 << 30)])
+    monkeypatch.setattr(local_backend, "start_worker_server", lambda wait=False: False)  # a pool never used
+    ex = LocalExecutor(work_dir=tmp_path, compile_workers=1)
+    try:
+        for cpus, expected in [(4, 0), (16, 2), (32, 4), (128, 4)]:
+            monkeypatch.setattr(local_backend.os, "cpu_count", lambda cpus=cpus: cpus)
+            assert suggested_codegen_workers(ex) == expected
+    finally:
+        ex.close()
+
+
+def test_interpreter_pool_suggests_no_codegen_processes(executor: LocalExecutor) -> None:
+    from helion_remote.api import suggested_codegen_workers
+
+    assert executor.interpreter and suggested_codegen_workers(executor) == 0
+
+
+def test_a_bad_codegen_suggestion_is_named() -> None:
+    from helion_remote.api import suggested_codegen_workers
+
+    class Odd:
+        def suggested_codegen_workers(self) -> object:
+            return "four"
+
+    with pytest.raises(TypeError, match="Odd.suggested_codegen_workers.*'four'"):
+        suggested_codegen_workers(Odd())
+    assert suggested_codegen_workers(object()) == 0
+
+
 def test_close_kills_worker_processes(executor: LocalExecutor) -> None:
     """Runs last: closes the module's executor (the fixture's close is then a no-op)."""
     executor.workers()
