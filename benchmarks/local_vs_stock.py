@@ -35,12 +35,14 @@ def make_args(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.randn(size, size, generator=generator, dtype=torch.float16) for _ in range(2))  # type: ignore[return-value]
 
 
-def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int) -> dict[str, object]:
+def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int,
+              max_generations: int | None = None) -> dict[str, object]:
     from helion.autotuner import PatternSearch
     from helion.autotuner.effort_profile import get_effort_profile
 
     kernel = helion.kernel(matmul.fn, static_shapes=True, autotune_effort=effort,
-                           autotune_budget_seconds=budget, autotune_random_seed=seed)
+                           autotune_budget_seconds=budget, autotune_random_seed=seed,
+                           autotune_max_generations=max_generations)
     bound = kernel.bind(args)
     profile = get_effort_profile(effort)
     search = PatternSearch(bound, args, **PatternSearch.get_kwargs_from_profile(profile, bound.settings))
@@ -55,7 +57,8 @@ def run_stock(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: in
 
 
 def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: int, devices: list[int],
-               codegen_workers: int | None = None, order_by_compile_cost: bool = True) -> dict[str, object]:
+               codegen_workers: int | None = None, order_by_compile_cost: bool = True,
+               max_generations: int | None = None) -> dict[str, object]:
     import helion_remote
     from helion_remote.backends.local import LocalExecutor
 
@@ -64,7 +67,7 @@ def run_remote(args: tuple[torch.Tensor, ...], budget: int, effort: str, seed: i
         start, start_epoch = time.perf_counter(), time.time()
         result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort=effort,
                                         codegen_workers=codegen_workers, order_by_compile_cost=order_by_compile_cost,
-                                        autotune_budget_seconds=budget,
+                                        autotune_budget_seconds=budget, autotune_max_generations=max_generations,
                                         autotune_random_seed=seed)
         wall = time.perf_counter() - start
     startup = executor.startup_report()
@@ -152,6 +155,9 @@ def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--effort", default="full")
     parser.add_argument("--size", type=int, default=4096, help="matmul size (size^3, fp16)")
     parser.add_argument("--seed", type=int, default=0, help="autotune_random_seed and input seed")
+    parser.add_argument("--max-generations", type=int, default=None,
+                        help="autotune_max_generations: end the search by generations, not the budget, so "
+                             "Helion's final verification (finalists re-timed on one GPU) runs")
     parser.add_argument("--codegen-workers", type=int, default=None,
                         help="helion-remote codegen processes (default: the backend's suggestion)")
 
@@ -171,10 +177,10 @@ def main() -> None:
     args = tuple(torch.randn(options.size, options.size, device="cuda", dtype=torch.float16) for _ in range(2))
     runs: dict[str, dict[str, object]] = {}
     if not options.skip_stock:
-        runs["stock"] = run_stock(args, options.budget, options.effort, options.seed)
+        runs["stock"] = run_stock(args, options.budget, options.effort, options.seed, options.max_generations)
         print(f"stock done: {runs['stock']['configs']} configs in {runs['stock']['wall_s']:.1f}s", flush=True)
     runs["remote"] = run_remote(args, options.budget, options.effort, options.seed, devices=[0],
-                                codegen_workers=options.codegen_workers)
+                                codegen_workers=options.codegen_workers, max_generations=options.max_generations)
     print(f"remote done: {runs['remote']['configs']} configs in {runs['remote']['wall_s']:.1f}s", flush=True)
     timed = retime({name: run["config"] for name, run in runs.items()}, args)
     errors = {name: check_correct(run["config"], args) for name, run in runs.items()}

@@ -87,7 +87,7 @@ def main() -> None:
         for name, gpus, codegen, ordered in plan:
             run = runs[label(name, seed)] = run_remote(
                 args, options.budget, options.effort, seed, devices=list(range(gpus)),
-                codegen_workers=codegen, order_by_compile_cost=ordered)
+                codegen_workers=codegen, order_by_compile_cost=ordered, max_generations=options.max_generations)
             run["configs_per_s"] = run["configs"] / run["wall_s"]
             print(f"{label(name, seed)} done: {run['configs']} configs in {run['wall_s']:.1f}s, "
                   f"evaluated/s {run['phases']['evaluated_per_s']}, batch tail {run['pipeline']['batch_tail_s_mean']} s, "
