@@ -238,6 +238,9 @@ def autotune(
     context.deduplicate_sources = deduplicate_sources
     if not order_by_compile_cost:
         context.compile_cost = None
+    if codegen_workers is not None and (not isinstance(codegen_workers, int) or codegen_workers < 0):
+        raise ValueError(f"codegen_workers must be an int >= 0 or None (the backend's suggestion), got {codegen_workers!r}")
+    codegen_asked = codegen_workers is not None
     if codegen_workers is None:
         codegen_workers = suggested_codegen_workers(executor)
     profile = resolve_target(target, executor, args)
@@ -258,12 +261,11 @@ def autotune(
                 context.space_report = space_report(bound)
                 context.kernel_definition, context.kernel_attr = definition
                 context.settings = tuple(sorted(overrides.items()))
-        if codegen_workers < 0:
-            raise ValueError(f"codegen_workers must be >= 0, got {codegen_workers!r}")
         if codegen_workers and bound.settings.autotune_effort != "none":
             from .codegen_pool import start_codegen_pool
 
-            context.codegen_pool = start_codegen_pool(kernel, bound, args, overrides, profile, codegen_workers)
+            context.codegen_pool = start_codegen_pool(kernel, bound, args, overrides, profile, codegen_workers,
+                                                      asked=codegen_asked)
             if context.codegen_pool is not None:
                 stack.callback(context.codegen_pool.close)
         if bound.settings.autotune_effort == "none":

@@ -277,17 +277,20 @@ class CodegenPool:
 
 
 def start_codegen_pool(
-    kernel: Any, bound: Any, args: Sequence[object], settings: dict[str, object], profile: Any, processes: int
+    kernel: Any, bound: Any, args: Sequence[object], settings: dict[str, object], profile: Any, processes: int,
+    *, asked: bool = True,
 ) -> CodegenPool | None:
     """A pool for ``bound`` (``kernel`` bound as the coordinator did), or None when the
-    kernel's module cannot be shipped (no readable source)."""
+    kernel's module cannot be shipped (no readable source: a warning if the caller
+    ``asked`` for the pool, a debug line when it was only the backend's suggestion)."""
     from .argcodec import upload_args
     from .blobs import DirectoryBlobStore
     from .codegen import kernel_definition
 
     definition = kernel_definition(kernel)
     if definition is None:
-        log.warning("codegen_workers ignored: the kernel's module has no readable source to ship")
+        (log.warning if asked else log.debug)(
+            "codegen_workers ignored: the kernel's module has no readable source to ship; code is generated here")
         return None
     root = tempfile.mkdtemp(prefix="helion-remote-codegen-")
     upload = upload_args(DirectoryBlobStore(root), args)

@@ -88,7 +88,8 @@ def test_search_with_a_codegen_pool_measures_the_same_configs() -> None:
     serial, pooled = run(0), run(2)
     assert pooled.config == serial.config
     assert pooled.stats["configs_measured"] == serial.stats["configs_measured"]
-    with pytest.raises(ValueError, match="codegen_workers"):
+    assert (serial.stats["codegen_workers"], pooled.stats["codegen_workers"]) == (0, 2)
+    with pytest.raises(ValueError, match="codegen_workers must be an int >= 0 or None.*-1"):
         run(-1)
 
 
