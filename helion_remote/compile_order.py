@@ -105,6 +105,7 @@ class CompileCostModel:
 
         Identity order while the model has too little history to predict.
         """
+        self._predicted = {}
         predicted = [self.predict(config) for config in configs]
         if any(p is None for p in predicted) or len(configs) <= self.cheap_first:
             return list(range(len(configs)))
