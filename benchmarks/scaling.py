@@ -105,7 +105,9 @@ def main() -> None:
         print(f"         pipeline: {json.dumps(run['pipeline'])}")
         print(f"         phases: {json.dumps(run['phases'])}")
         print(f"         startup: {json.dumps(run['startup'])}, session open {run['stats']['session_open_s']} s")
-        print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}; "
+        print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}, "
+              f"scales {run['stats'].get('population_retime_scales')}, leaders confirmed on GPU 0 "
+              f"{run['stats'].get('leaders_confirmed')}; "
               f"codegen processes {run['stats'].get('codegen_workers')}; compile order {run['stats'].get('compile_order')}")
     speedups, latencies = [], []
     for seed in seeds:

@@ -200,6 +200,10 @@ class RetimeResult:
     device_uuid: str = ""
     workers: tuple[str, ...] = ()
     """Every worker that timed a share (``retime_spread``); empty means ``worker_id`` alone."""
+    scales: tuple[tuple[str, float], ...] = ()
+    """``(worker, factor)``: what each other worker's timings were multiplied by (spread only)."""
+    confirmed: int = 0
+    """Kernels from other workers re-timed on worker 0 because they would have led (spread only)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -425,6 +425,9 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         stats.retimed_kernels += len(sources)
         if spread is not None:
             stats.population_retime_workers.update(result.workers or (result.worker_id,))
+            for worker, factor in result.scales:
+                stats.population_retime_scales.setdefault(worker, []).append(factor)
+            stats.leaders_confirmed += result.confirmed
         elif result.worker_id:
             stats.retime_workers.add(result.worker_id)
         by_digest = {t.kernel_digest: t for t in result.timings}

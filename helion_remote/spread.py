@@ -58,23 +58,27 @@ def spread_retime(
     used = [results[0].worker_id]
     again: list[KernelSource] = []
     elsewhere: set[str] = set()
+    scales: list[tuple[str, float]] = []
     for index in range(1, len(groups)):
         factor = anchor_factor(results[0], results[index], anchors)
         if factor is None:
             again.extend(groups[index][len(anchors):])  # no common scale
             continue
         used.append(results[index].worker_id)
+        scales.append((results[index].worker_id, factor))
         for timing in results[index].timings:
             if timing.kernel_digest not in timings:
                 timings[timing.kernel_digest] = scaled(timing, factor)
                 elsewhere.add(timing.kernel_digest)
     if again:
         timings.update({t.kernel_digest: t for t in redo(again).timings})
-    timings.update(confirm_leaders(kernels, timings, elsewhere, results[0], redo))
+    confirmed = confirm_leaders(kernels, timings, elsewhere, results[0], redo)
+    timings.update(confirmed)
     first = results[0]
     return RetimeResult(
         tuple(timings[k.digest] for k in kernels if k.digest in timings),
         first.worker_id, first.device_name, first.device_uuid, workers=tuple(w for w in used if w),
+        scales=tuple(scales), confirmed=len(confirmed),
     )
 
 

@@ -31,6 +31,10 @@ class RunStats:
     """Workers that re-timed finalists (one per session by design)."""
     population_retime_workers: set[str] = dataclasses.field(default_factory=set)
     """Workers that shared the population re-benchmarks (anchored spread)."""
+    population_retime_scales: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    """Per other worker, the factor that put each spread re-benchmark into worker 0's units."""
+    leaders_confirmed: int = 0
+    """Kernels from other workers re-timed on worker 0 because they would have led."""
     workers_used: set[str] = dataclasses.field(default_factory=set)
     devices_used: set[str] = dataclasses.field(default_factory=set)
     records: list[dict[str, object]] = dataclasses.field(default_factory=list)
@@ -75,6 +79,8 @@ class RunStats:
             "retimed_kernels": self.retimed_kernels,
             "retime_workers": sorted(self.retime_workers),
             "population_retime_workers": sorted(self.population_retime_workers),
+            "population_retime_scales": {w: [round(f, 4) for f in fs] for w, fs in sorted(self.population_retime_scales.items())},
+            "leaders_confirmed": self.leaders_confirmed,
             "workers_used": sorted(self.workers_used),
             "devices_used": sorted(self.devices_used),
             "batches": self.batches,

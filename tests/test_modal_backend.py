@@ -481,6 +481,7 @@ def test_population_retime_spreads_over_job_containers_in_the_retimers_units(tmp
         for timing in result.timings:  # job containers' 2x is scaled away by the anchors
             assert timing.status == "ok" and timing.perf_ms == pytest.approx(base_ms(timing.kernel_digest))
         assert len(result.workers) >= 2 and result.worker_id == result.workers[0]
+        assert [factor for _, factor in result.scales] == [pytest.approx(0.5)] * (len(result.workers) - 1)
         assert set(session.retime_containers) == {result.worker_id.removeprefix("modal:")}  # type: ignore[attr-defined]
         few = session.retime_spread(kernels[:4], warmup_ms=1, rep_ms=5, timeout_s=5)  # type: ignore[attr-defined]
         assert few.workers == () and len(few.timings) == 4

@@ -43,6 +43,8 @@ def _spread(workers: _Workers) -> dict[str, float]:
     groups = spread_groups(kernels, 2)
     assert groups is not None
     result = spread_retime(kernels, groups, run=workers.run, redo=workers.redo)
+    assert result.scales == (("w1", pytest.approx(0.5)),)  # worker 1's clock runs 2x slow
+    assert result.confirmed == len(workers.redone and workers.redone[0][1:])
     by_digest = {t.kernel_digest: t.perf_ms for t in result.timings}
     return {k.entry_name: by_digest[k.digest] for k in kernels}
 
