@@ -156,9 +156,9 @@ class JobResult:
     finished_at: float = 0.0
     kernel_digest: str = ""
     stages: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Seconds per stage where the backend knows them (``queue``, ``compile``,
-    ``load``, ``first_call``, ``check``, ``time``): the journal says where a
-    job's time went."""
+    """Seconds per stage where the backend knows them (``queue``, ``compile_wall``,
+    ``ready_wait``, ``load``, ``first_call``, ``check``, ``time``): the journal
+    says where a job's time went."""
 
     def with_stages(self, **stages: float) -> JobResult:
         """This result with more stage durations (the backend adds what the worker cannot see)."""

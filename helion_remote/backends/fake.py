@@ -168,10 +168,10 @@ class FakeExecutor:
         self.faults = tuple(faults)
         self.device_name = device_name
         self.space_report = space_report
-        self.compile_cost_model = compile_cost_model
-        """``config_dict -> seconds`` reported as each job's compile time (not slept); None: 0.01 s."""
         """What the fake's "workers" report as Helion's config space on the real
         arguments (drift guard); None: they report nothing, the guard is skipped."""
+        self.compile_cost_model = compile_cost_model
+        """``config_dict -> seconds`` reported as each job's compile time (not slept); None: 0.01 s."""
         self._blob_store = blob_store if blob_store is not None else MemoryBlobStore()
         self._workers = [_FakeWorker(i) for i in range(workers)]
         self._lock = threading.Lock()
