@@ -473,7 +473,9 @@ class ModalSession:
         if self._over_budget(extra=0):
             return failed(f"{BUDGET_EXCEEDED}: the ${ex.meter.max_cost_usd} Modal budget is spent")
         s = ex.settings
-        wait = s.startup_timeout_s + s.session_load_s + max(timeout_s, 1.0) * max(1, len(kernels)) * 3
+        # ``timeout_s`` already bounds the whole call (the provider sizes it to the kernels);
+        # on top: a container's cold start and session load.
+        wait = s.startup_timeout_s + s.session_load_s + max(timeout_s, 1.0)
         try:
             call = target.retime.spawn(self._payload, [kernel_to_dict(k) for k in kernels], warmup_ms, rep_ms)
             reply = call.get(timeout=wait)
