@@ -21,7 +21,7 @@ from unittest import mock
 
 from . import _helion_compat as compat
 from .provider import RemoteBenchmarkProvider
-from .worker.process import patched_environ
+from .environ import patched_environ
 
 _RUN_LOCK = threading.RLock()
 LLM_ALGORITHMS = ("LLMGuidedSearch", "LLMSeededSearch", "LLMSeededLFBOTreeSearch")

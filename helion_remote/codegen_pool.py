@@ -53,7 +53,7 @@ class CodegenSpec:
 
 
 def _child(conn: Connection, spec: CodegenSpec, environ: dict[str, str]) -> None:
-    from .worker.process import adopt_environ
+    from .environ import adopt_environ
 
     adopt_environ(environ)
     try:

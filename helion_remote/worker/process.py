@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from ..environ import adopt_environ, patched_environ
 from ..protocol import (
     BenchmarkJob,
     JobResult,
@@ -75,6 +76,13 @@ _FORKSERVER_USABLE = True
 """Cleared when a forkserver child fails to start; later workers use ``spawn``."""
 
 
+def _forkserver_context() -> multiprocessing.context.BaseContext:
+    """The forkserver context, preloading the worker runtime (torch, Triton, Helion)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    return context
+
+
 def _start_context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
     """``forkserver`` for GPU workers, ``spawn`` otherwise.
 
@@ -86,29 +94,8 @@ def _start_context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
     workers keep ``spawn`` because Triton reads ``TRITON_INTERPRET`` at import.
     """
     if spec.cuda_device is not None and _forkserver_wanted():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_FORKSERVER_PRELOAD)
-        return context
+        return _forkserver_context()
     return multiprocessing.get_context("spawn")
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    """Set ``values`` in ``os.environ`` for the block, then restore exactly those keys.
-
-    Only the keys set here are put back (never the whole environment), so a
-    variable another thread sets meanwhile (``mock.patch.dict`` in a search) survives.
-    """
-    previous = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _forkserver_wanted() -> bool:
@@ -128,8 +115,7 @@ def start_worker_server(*, wait: bool = False) -> bool:
     """
     if not _forkserver_wanted():
         return False
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    context = _forkserver_context()
     with _SPAWN_ENV_LOCK, _main_module_hidden():
         from multiprocessing import forkserver
 
@@ -180,13 +166,6 @@ def child_environment(spec: WorkerSpec) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- child
-
-
-def adopt_environ(environ: dict[str, str]) -> None:
-    """In a child: take the parent's environment as it was at start (a forkserver child
-    would otherwise inherit the server's, frozen when the server started)."""
-    os.environ.clear()
-    os.environ.update(environ)
 
 
 def _child_main(conn: Connection, spec: WorkerSpec, environ: dict[str, str] | None = None) -> None:
@@ -302,18 +281,17 @@ class WorkerHandle:
                     process.start()
             child.close()
             self._process, self._conn, self._session_key = process, parent, None
+            cause: BaseException | None = None
             try:
                 reply = self._receive(self.spec.start_timeout_s)
+                failure = None if reply[0] == "ready" else str(reply[1])
             except (WorkerDied, WorkerTimedOut) as error:
+                cause, failure = error, str(error)
+            if failure is not None:
                 self._kill()
                 if self._ctx.get_start_method() == "forkserver":
-                    return self._start_spawned_instead(str(error))
-                raise RuntimeError(f"worker {self.worker_id} failed to start: {error}") from error
-            if reply[0] != "ready":
-                self._kill()
-                if self._ctx.get_start_method() == "forkserver":
-                    return self._start_spawned_instead(str(reply[1]))
-                raise RuntimeError(f"worker {self.worker_id} failed to start: {reply[1]}")
+                    return self._start_spawned_instead(failure)
+                raise RuntimeError(f"worker {self.worker_id} failed to start: {failure}") from cause
             self._info = reply[1]
             self.timings["start"] = time.perf_counter() - started
             return reply[1]
