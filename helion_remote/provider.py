@@ -323,19 +323,11 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
 
     def _to_helion(self, config: Any, handle: RemoteKernel, result: JobResult, *, measured: bool = True) -> Any:
         """Helion's ``BenchmarkResult`` for ``result``; ``measured=False`` reuses a same-source result."""
-        stats = self.context.stats
         if measured:
-            stats.configs_measured += 1
-            self._autotune_metrics.num_configs_tested += 1
+            self._count_measurement(handle, result)
         if result.status == "ok" and math.isfinite(result.perf_ms):
-            if measured:
-                self._autotune_metrics.num_successful_candidate_measurements += 1
             status, perf = "ok", result.perf_ms
-            if measured:
-                self.context.last_perf_ms[handle.source.digest] = perf
         else:
-            if measured:
-                stats.failures[result.status] += 1
             status, perf = _STATUS_TO_HELION.get(result.status, "error"), math.inf
             if status == "ok":  # ok but no finite time: treat as an error
                 status = "error"
@@ -365,6 +357,16 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         )
         self._log_entry(helion_result)
         return helion_result
+
+    def _count_measurement(self, handle: RemoteKernel, result: JobResult) -> None:
+        """Counters for a measurement actually made (a same-source copy is not one)."""
+        self.context.stats.configs_measured += 1
+        self._autotune_metrics.num_configs_tested += 1
+        if result.status == "ok" and math.isfinite(result.perf_ms):
+            self._autotune_metrics.num_successful_candidate_measurements += 1
+            self.context.last_perf_ms[handle.source.digest] = result.perf_ms
+        else:
+            self.context.stats.failures[result.status] += 1
 
     def _log_entry(self, result: Any) -> None:
         try:
