@@ -107,7 +107,8 @@ def main() -> None:
         print(f"         startup: {json.dumps(run['startup'])}, session open {run['stats']['session_open_s']} s")
         print(f"         population re-benchmarks spread over: {run['stats']['population_retime_workers']}, "
               f"scales {run['stats'].get('population_retime_scales')}, leaders confirmed on GPU 0 "
-              f"{run['stats'].get('leaders_confirmed')}; "
+              f"{run['stats'].get('leaders_confirmed')}; batch timings scaled "
+              f"{run['stats'].get('batch_timings_scaled')} (factors {run['stats'].get('batch_timing_scales')}); "
               f"codegen processes {run['stats'].get('codegen_workers')}; compile order {run['stats'].get('compile_order')}")
     speedups, latencies = [], []
     for seed in seeds:

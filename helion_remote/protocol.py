@@ -254,6 +254,11 @@ class RemoteSession(Protocol):
     # population over several same-model workers, anchored to ``kernels[0]`` and
     # reported in ``retime``'s units (see ``LocalExecutor``).  Sessions without it
     # get ``retime``.
+    # Optional: ``spread_covers_batch_workers = True`` says every worker that times
+    # batch jobs takes part in each spread, so the provider may put batch timings in
+    # worker 0's units with the spread's factors (``spread.WorkerScales``).  Leave it
+    # unset where batch workers come and go unanchored (Modal's job containers):
+    # scaling some timings and not others would mix units.
 
     def close(self) -> None: ...
 

@@ -33,6 +33,7 @@ from .protocol import (
     SourceModule,
     Tolerances,
 )
+from .spread import WorkerScales
 from .stats import RunStats
 
 _STATUS_TO_HELION = {"ok": "ok", "error": "error", "timeout": "timeout", "accuracy_error": "accuracy_error"}
@@ -83,6 +84,8 @@ class RemoteContext:
     """Orders each batch longest-compile-first from this search's compiles; None keeps Helion's order."""
     last_perf_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Latest timing per config key: batch timings, overwritten by finalist re-timing."""
+    worker_scales: WorkerScales = dataclasses.field(default_factory=WorkerScales)
+    """Each GPU's factor into GPU 0's units, from spread re-benchmarks; applied to batch timings."""
     _job_counter: itertools.count = dataclasses.field(default_factory=itertools.count)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -326,7 +329,7 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         if measured:
             self._count_measurement(handle, result)
         if result.status == "ok" and math.isfinite(result.perf_ms):
-            status, perf = "ok", result.perf_ms
+            status, perf = "ok", self._in_reference_units(result)
         else:
             status, perf = _STATUS_TO_HELION.get(result.status, "error"), math.inf
             if status == "ok":  # ok but no finite time: treat as an error
@@ -364,9 +367,15 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         self._autotune_metrics.num_configs_tested += 1
         if result.status == "ok" and math.isfinite(result.perf_ms):
             self._autotune_metrics.num_successful_candidate_measurements += 1
-            self.context.last_perf_ms[handle.source.digest] = result.perf_ms
+            self.context.last_perf_ms[handle.source.digest] = self._in_reference_units(result)
+            if self.context.worker_scales.factor(result.worker_id) != 1.0:
+                self.context.stats.batch_timings_scaled += 1
         else:
             self.context.stats.failures[result.status] += 1
+
+    def _in_reference_units(self, result: JobResult) -> float:
+        """A batch timing in the re-timing worker's units (factor 1 until its GPU is anchored)."""
+        return result.perf_ms * self.context.worker_scales.factor(result.worker_id)
 
     def _log_entry(self, result: Any) -> None:
         try:
@@ -429,6 +438,9 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             stats.population_retime_workers.update(result.workers or (result.worker_id,))
             for worker, factor in result.scales:
                 stats.population_retime_scales.setdefault(worker, []).append(factor)
+            if getattr(session, "spread_covers_batch_workers", False):
+                self.context.worker_scales.observe(result.scales)
+                stats.batch_timing_scales = self.context.worker_scales.current()
             stats.leaders_confirmed += result.confirmed
         elif result.worker_id:
             stats.retime_workers.add(result.worker_id)

@@ -35,6 +35,10 @@ class RunStats:
     """Per other worker, the factor that put each spread re-benchmark into worker 0's units."""
     leaders_confirmed: int = 0
     """Kernels from other workers re-timed on worker 0 because they would have led."""
+    batch_timing_scales: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The factor each anchored worker's batch timings get at the end of the run."""
+    batch_timings_scaled: int = 0
+    """Batch timings put in worker 0's units by their worker's factor (not 1)."""
     workers_used: set[str] = dataclasses.field(default_factory=set)
     devices_used: set[str] = dataclasses.field(default_factory=set)
     records: list[dict[str, object]] = dataclasses.field(default_factory=list)
@@ -81,6 +85,8 @@ class RunStats:
             "population_retime_workers": sorted(self.population_retime_workers),
             "population_retime_scales": {w: [round(f, 4) for f in fs] for w, fs in sorted(self.population_retime_scales.items())},
             "leaders_confirmed": self.leaders_confirmed,
+            "batch_timing_scales": {w: round(f, 4) for w, f in self.batch_timing_scales.items()},
+            "batch_timings_scaled": self.batch_timings_scaled,
             "workers_used": sorted(self.workers_used),
             "devices_used": sorted(self.devices_used),
             "batches": self.batches,

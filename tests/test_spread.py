@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helion_remote.protocol import KernelSource, RetimeResult, RetimeTiming
-from helion_remote.spread import LEADER_MARGIN, spread_groups, spread_retime
+from helion_remote.spread import LEADER_MARGIN, SCALE_WINDOW, WorkerScales, spread_groups, spread_retime
 
 
 def _kernel(name: str) -> KernelSource:
@@ -70,3 +70,18 @@ def test_contenders_inside_the_margin_are_confirmed_too() -> None:
     merged = _spread(workers)
     assert workers.redone == [["a", "g"]]
     assert merged["g"] == pytest.approx(TRUE_MS["g"])
+
+
+def test_worker_scales_take_the_median_of_recent_calls_and_default_to_one() -> None:
+    scales = WorkerScales()
+    assert scales.factor("w1") == 1.0 and scales.factor(None) == 1.0  # never anchored: as measured
+    scales.observe([("w1", 1.02)])
+    assert scales.factor("w1") == pytest.approx(1.02)
+    scales.observe([("w1", 1.50), ("w2", 0.97)])  # one noisy anchor set
+    scales.observe([("w1", 1.03)])
+    assert scales.factor("w1") == pytest.approx(1.03)  # median of 1.02, 1.50, 1.03
+    for _ in range(SCALE_WINDOW):
+        scales.observe([("w1", 0.99)])
+    assert scales.factor("w1") == pytest.approx(0.99)  # older calls age out
+    scales.observe([("w2", float("nan")), ("w2", 0.0), ("w2", -1.0)])  # unusable factors are dropped
+    assert scales.current() == {"w1": pytest.approx(0.99), "w2": pytest.approx(0.97)}

@@ -27,6 +27,10 @@ Semantics (documented in docs/fake-backend.md):
   longest-compile-first ordering; default 0.01 s.
 * Re-timing is served only for kernels this executor measured ``ok``;
   anything else is an error, like a real worker that never compiled it.
+* Several GPUs of one host: ``worker_speeds[i]`` multiplies worker ``i``'s
+  timings (batch and re-timing), like same-model GPUs whose clocks differ;
+  ``spread_retime=True`` shares population re-benchmarks over every worker,
+  anchored, as the ``local`` backend does on 2+ GPUs (``retime_spread``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Literal
 
 from ..blobs import BlobStore, MemoryBlobStore
+from ..spread import spread_groups, spread_retime
 from ..protocol import (
     BenchmarkJob,
     JobResult,
@@ -156,9 +161,17 @@ class FakeExecutor:
         device_name: str = "Fake GPU",
         space_report: dict[str, object] | None = None,
         compile_cost_model: Callable[[dict[str, object]], float] | None = None,
+        worker_speeds: Sequence[float] = (),
+        spread_retime: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"FakeExecutor needs workers >= 1, got {workers!r}")
+        if worker_speeds and (len(worker_speeds) != workers or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in worker_speeds)):
+            raise ValueError(
+                f"worker_speeds needs one positive factor per worker ({workers}), got {tuple(worker_speeds)!r}; "
+                "leave it empty for identical workers"
+            )
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s!r}")
         self.seed = seed
@@ -172,6 +185,10 @@ class FakeExecutor:
         arguments (drift guard); None: they report nothing, the guard is skipped."""
         self.compile_cost_model = compile_cost_model
         """``config_dict -> seconds`` reported as each job's compile time (not slept); None: 0.01 s."""
+        self.worker_speeds = tuple(float(v) for v in worker_speeds) or (1.0,) * workers
+        """Worker ``i``'s timings are multiplied by ``worker_speeds[i]`` (a GPU whose clock differs)."""
+        self.spread_retime = spread_retime
+        """Population re-benchmarks are shared over every worker, anchored (``retime_spread``)."""
         self._blob_store = blob_store if blob_store is not None else MemoryBlobStore()
         self._workers = [_FakeWorker(i) for i in range(workers)]
         self._lock = threading.Lock()
@@ -295,12 +312,12 @@ class FakeExecutor:
             return JobResult(status="accuracy_error", compile_time_s=compiled_s, error_class="AssertionError",
                              error_message="injected accuracy failure: output differs from the baseline",
                              finished_at=time.time(), **common)
-        perf = self._perf(job.config, ("job", job.attempt), self.noise)
+        perf = self._perf(job.config, ("job", job.attempt), self.noise) * self.worker_speeds[worker.slot]
         with self._lock:
             self._measured[job.kernel.digest] = job.config
         return JobResult(status="ok", perf_ms=perf, compile_time_s=compiled_s, finished_at=time.time(), **common)
 
-    def _retime(self, kernels: Sequence[KernelSource], worker: _FakeWorker, call: int) -> RetimeResult:
+    def _retime(self, kernels: Sequence[KernelSource], worker: _FakeWorker, call: object) -> RetimeResult:
         timings = []
         for kernel in kernels:
             with self._lock:
@@ -308,7 +325,8 @@ class FakeExecutor:
             if config is None:
                 timings.append(RetimeTiming(kernel.digest, "error", error_message="kernel was never measured ok on this executor"))
             else:
-                timings.append(RetimeTiming(kernel.digest, "ok", self._perf(config, ("retime", call), self.noise / 4)))
+                perf = self._perf(config, ("retime", call), self.noise / 4) * self.worker_speeds[worker.slot]
+                timings.append(RetimeTiming(kernel.digest, "ok", perf))
         return RetimeResult(tuple(timings), worker.worker_id, self.device_name, f"FAKE-{worker.slot}")
 
 
@@ -322,6 +340,9 @@ class FakeSession:
         self._retime_worker: _FakeWorker | None = None
         self._retime_calls = 0
         self._closed = False
+        if executor.spread_retime:
+            self.retime_spread = self._retime_spread
+            self.spread_covers_batch_workers = True
 
     def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
         if self._closed:
@@ -344,6 +365,26 @@ class FakeSession:
         self._retime_calls += 1
         self._executor.retime_calls += 1
         return self._executor._retime(kernels, self._retime_worker, self._retime_calls)
+
+    def _retime_spread(
+        self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
+    ) -> RetimeResult:
+        """Population re-benchmark over every worker, in ``retime``'s worker's units."""
+        if self._retime_worker is None:
+            self._retime_worker = self._executor._pick_worker(())
+        first = self._retime_worker
+        workers = [first, *(w for w in self._executor._workers if w is not first)]
+        groups = spread_groups(kernels, len(workers))
+        if groups is None:
+            return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
+        self._retime_calls += 1
+        self._executor.retime_calls += 1
+        call = self._retime_calls
+        return spread_retime(
+            kernels, groups,
+            run=lambda i, group: self._executor._retime(group, workers[i], call if i == 0 else (call, i)),
+            redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
+        )
 
     def close(self) -> None:
         self._closed = True

@@ -361,6 +361,8 @@ class _LocalSession:
         self._retime_worker = retime_worker
         self.space_report: dict[str, object] | None = None
         """Helion's config space on the worker's real arguments (drift guard)."""
+        self.spread_covers_batch_workers = True
+        """Every GPU times batch jobs and takes part in every spread re-benchmark."""
         self._closed = False
 
     def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
