@@ -36,10 +36,10 @@ SCALE_WINDOW = 3
 class WorkerScales:
     """Each worker's factor into worker 0's units, from recent spread re-benchmarks.
 
-    Two same-model GPUs measured 2% apart on one host (docs/benchmarks.md, run
-    11).  Between population re-benchmarks a batch timing from the faster GPU
-    would beat its equal from GPU 0 by that 2%, and the search would step
-    towards it; multiplied by the GPU's factor it compares like with like.
+    Two same-model GPUs of one host measured 1-4% apart (docs/benchmarks.md,
+    runs 11 and 12).  Between population re-benchmarks a batch timing from the
+    faster GPU would beat its equal from GPU 0 by that much, and the search
+    would step towards it; multiplied by the GPU's factor it compares like with like.
     The median of the last ``SCALE_WINDOW`` calls damps one noisy anchor set.
     A worker never anchored (GPU 0 itself, or none yet) keeps factor 1.
     """
