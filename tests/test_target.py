@@ -253,6 +253,17 @@ def test_a_vanished_helion_name_fails_naming_the_version(monkeypatch: pytest.Mon
         patches.verify_patch_points()
 
 
+def test_a_vanished_name_that_emulation_only_reads_fails_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helion_remote._helion_compat import HelionCompatError
+
+    import helion.language.loops
+
+    assert "helion.language.loops.RangeFlattenSpec" in patches.ALSO_READ
+    monkeypatch.delattr(helion.language.loops, "RangeFlattenSpec")
+    with pytest.raises(HelionCompatError, match="helion.language.loops.RangeFlattenSpec"):
+        patches.verify_patch_points()
+
+
 # ------------------------------------------------------------------------- no triton
 
 

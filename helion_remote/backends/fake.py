@@ -10,7 +10,8 @@ Semantics (documented in docs/fake-backend.md):
 
 * Determinism: a job's outcome depends only on ``seed``, the config and the
   attempt number, never on thread timing or batch order.  Completion order
-  may vary with ``latency_s``/stragglers; results carry job ids.
+  may vary with ``latency_s``/stragglers; results carry job ids.  With
+  unequal ``worker_speeds`` a timing also depends on which worker took it.
 * Cost model: ``cost_model(config_dict) -> ms`` (default
   :func:`default_cost_model`), times a log-normal noise factor with
   ``noise`` standard deviation.  Re-timing uses ``noise / 4``.

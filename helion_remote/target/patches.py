@@ -212,6 +212,25 @@ REIMPLEMENTED_SOURCES: dict[str, frozenset[str]] = {
 """Functions :mod:`.emulate` copies rather than answers; a new source means re-check the copy."""
 
 
+ALSO_READ: tuple[str, ...] = (
+    # Private Helion names that capture (target/capture.py) and emulation
+    # (target/emulate.py) read or construct without patching them.
+    "helion._compat.supports_amd_cdna_tunables",
+    "helion._compat._is_amd_cdna",
+    "helion._compat._amd_base_arch",
+    "helion._compat.min_dot_size",
+    "helion._compiler.compile_environment.CompileEnvironment",
+    "helion._hardware.HardwareInfo",
+    "helion.language.loops.StaticRangeSpec",
+    "helion.language.loops.RangeUnrollFactorSpec",
+    "helion.language.loops.RangeWarpSpecializeSpec",
+    "helion.language.loops.RangeNumStagesSpec",
+    "helion.language.loops.RangeMultiBufferSpec",
+    "helion.language.loops.RangeFlattenSpec",
+)
+"""Checked at import with the patch points, so a Helion that drops one fails here, named."""
+
+
 def _fail(what: str) -> HelionCompatError:
     return HelionCompatError(missing_helion_name("helion_remote target emulation", what))
 
@@ -254,6 +273,14 @@ def verify_patch_points() -> None:
             raise _fail(f"{point.target} ({error})") from error
         if not callable(getattr(module, point.attribute, None)):
             raise _fail(f"{point.target}.{point.attribute} (patched for: {point.why})")
+    for dotted in ALSO_READ:
+        module_name, _, attribute = dotted.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise _fail(f"{dotted} (read by target capture/emulation: {error})") from error
+        if not callable(found):
+            raise _fail(f"{dotted} (read by target capture/emulation; no longer callable)")
     for dotted, known in REIMPLEMENTED_SOURCES.items():
         module_name, _, attribute = dotted.rpartition(".")
         digest = source_digest(getattr(sys.modules[module_name], attribute))
@@ -282,6 +309,7 @@ def loaded_aliases(original: object, *, skip: set[tuple[str, str]]) -> Iterator[
 verify_patch_points()
 
 __all__ = [
+    "ALSO_READ",
     "PATCH_POINTS",
     "PatchPoint",
     "REIMPLEMENTED_SOURCES",
