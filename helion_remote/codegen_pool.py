@@ -260,9 +260,12 @@ class CodegenPool:
         return self._ready.wait(timeout)
 
     def _drop(self, member: _Member) -> None:
+        """Leave a lost process out of later batches, and reap it (close() no longer sees it)."""
         with self._lock:
-            if member in self._members:
-                self._members.remove(member)
+            if member not in self._members:
+                return
+            self._members.remove(member)
+        member.close()
 
     def close(self) -> None:
         with self._lock:

@@ -53,12 +53,40 @@ def run_jobs(
     final: dict[str, JobResult] = {}
     by_id: dict[str, BenchmarkJob] = {}
     streams: list[Iterator[JobResult]] = []
-    for chunk in job_chunks:
-        if not chunk:
-            continue
-        for job in chunk:
-            by_id[job.job_id] = job
-        streams.append(iter(session.submit(list(chunk))))
+    opened: list[Iterator[JobResult]] = []
+    try:
+        for chunk in job_chunks:
+            if not chunk:
+                continue
+            for job in chunk:
+                by_id[job.job_id] = job
+            streams.append(iter(session.submit(list(chunk))))
+            opened.append(streams[-1])
+        _drain(session, streams, opened, by_id, final, stats, max_infra_retries, on_result)
+    finally:
+        # Leaving early (an exception, Ctrl-C): cancel every job not yet answered,
+        # including chunks never read (a stream's close() is a no-op once drained).
+        for stream in opened:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+    missing = [job_id for job_id in by_id if job_id not in final]
+    if missing:
+        raise RuntimeError(f"executor lost jobs {missing[:5]} (of {len(missing)}) without a result")
+    return final
+
+
+def _drain(  # noqa: PLR0913 - run_jobs' state, split out for its try/finally
+    session: RemoteSession,
+    streams: list[Iterator[JobResult]],
+    opened: list[Iterator[JobResult]],
+    by_id: dict[str, BenchmarkJob],
+    final: dict[str, JobResult],
+    stats: RunStats,
+    max_infra_retries: int,
+    on_result: Callable[[JobResult], None] | None,
+) -> None:
+    """Read every stream; infrastructure failures go round again on another worker."""
     while streams:
         retry: list[BenchmarkJob] = []
         for stream in streams:
@@ -88,7 +116,4 @@ def run_jobs(
                 if on_result is not None:
                     on_result(result)
         streams = [iter(session.submit(retry))] if retry else []
-    missing = [job_id for job_id in by_id if job_id not in final]
-    if missing:
-        raise RuntimeError(f"executor lost jobs {missing[:5]} (of {len(missing)}) without a result")
-    return final
+        opened.extend(streams)

@@ -230,6 +230,12 @@ class RemoteSession(Protocol):
         Infrastructure trouble is a result with ``status='infra_error'`` (the
         caller retries it), not an exception.  Raise only when the whole
         executor is unusable.
+
+        The coordinator calls the iterator's ``close()`` (when it has one) on
+        every stream it stops reading early, read or not: jobs not yet yielded
+        should be cancelled then.  A generator cannot promise that (closing
+        one that never started skips its ``finally``); return a
+        :class:`~helion_remote.result_stream.ResultStream`.
         """
         ...
 
@@ -281,6 +287,11 @@ class RemoteBenchmarkExecutor(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def usable_ms(perf_ms: float) -> bool:
+    """A timing a search may rank: finite and positive (a zero would win every comparison)."""
+    return math.isfinite(perf_ms) and perf_ms > 0
 
 
 def _float_to_json(value: float) -> float | str:

@@ -32,6 +32,7 @@ from .protocol import (
     SessionSpec,
     SourceModule,
     Tolerances,
+    usable_ms,
 )
 from .spread import WorkerScales
 from .stats import RunStats
@@ -328,11 +329,11 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         """Helion's ``BenchmarkResult`` for ``result``; ``measured=False`` reuses a same-source result."""
         if measured:
             self._count_measurement(handle, result)
-        if result.status == "ok" and math.isfinite(result.perf_ms):
+        if result.status == "ok" and usable_ms(result.perf_ms):
             status, perf = "ok", self._in_reference_units(result)
         else:
             status, perf = _STATUS_TO_HELION.get(result.status, "error"), math.inf
-            if status == "ok":  # ok but no finite time: treat as an error
+            if status == "ok":  # ok but no usable (finite, positive) time: treat as an error
                 status = "error"
             if result.status == "accuracy_error":
                 self._record_accuracy_failure(config)
@@ -365,13 +366,13 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         """Counters for a measurement actually made (a same-source copy is not one)."""
         self.context.stats.configs_measured += 1
         self._autotune_metrics.num_configs_tested += 1
-        if result.status == "ok" and math.isfinite(result.perf_ms):
+        if result.status == "ok" and usable_ms(result.perf_ms):
             self._autotune_metrics.num_successful_candidate_measurements += 1
             self.context.last_perf_ms[handle.source.digest] = self._in_reference_units(result)
             if self.context.worker_scales.factor(result.worker_id) != 1.0:
                 self.context.stats.batch_timings_scaled += 1
         else:
-            self.context.stats.failures[result.status] += 1
+            self.context.stats.failures["error" if result.status == "ok" else result.status] += 1
 
     def _in_reference_units(self, result: JobResult) -> float:
         """A batch timing in the re-timing worker's units (factor 1 until its GPU is anchored)."""
@@ -451,7 +452,7 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
             timing = by_digest.get(handle.source.digest)
             if timing is None or timing.status == "infra_error":
                 timings[index] = None  # keep the prior timing; not the kernel's fault
-            elif timing.status == "ok" and math.isfinite(timing.perf_ms):
+            elif timing.status == "ok" and usable_ms(timing.perf_ms):
                 timings[index] = timing.perf_ms
                 self.context.last_perf_ms[handle.source.digest] = timing.perf_ms
             else:

@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from .protocol import KernelSource, RetimeResult, RetimeTiming
+from .protocol import KernelSource, RetimeResult, RetimeTiming, usable_ms
 
 SPREAD_ANCHORS = 3
 """Kernels every worker times, to put all workers on one scale."""
@@ -161,4 +161,4 @@ def scaled(timing: RetimeTiming, factor: float) -> RetimeTiming:
 
 
 def _usable(timing: RetimeTiming) -> bool:
-    return timing.status == "ok" and math.isfinite(timing.perf_ms) and timing.perf_ms > 0
+    return timing.status == "ok" and usable_ms(timing.perf_ms)

@@ -78,6 +78,24 @@ def test_a_process_that_generates_different_code_is_left_out() -> None:
         pool.close()
 
 
+def test_a_process_that_dies_is_reaped_and_its_configs_generated_here() -> None:
+    args = matmul_args()
+    bound = private_kernel(matmul).bind(args)
+    pool = start_codegen_pool(matmul, bound, args, {}, None, processes=2)
+    assert pool is not None
+    try:
+        assert pool.wait_ready(120) and pool.size == 2
+        lost = pool._members[0]
+        lost.process.kill()
+        lost.process.join(10)
+        configs = sample_configs(bound, 40)  # 10 chunks: the dead process's thread asks for one
+        got = dict(pool.generate(configs))
+        assert [got[i].digest for i in range(40)] == [kernel_source(bound, c).digest for c in configs]  # type: ignore[union-attr]
+        assert pool.size == 1 and lost.conn.closed  # left out, and its pipe closed
+    finally:
+        pool.close()
+
+
 def test_search_with_a_codegen_pool_measures_the_same_configs() -> None:
     def run(workers: int) -> helion_remote.AutotuneResult:
         return helion_remote.autotune(

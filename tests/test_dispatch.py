@@ -63,6 +63,34 @@ def test_exhausted_retries_raise_with_the_last_cause() -> None:
         run_jobs(session, [_jobs(digest, 1)], stats=RunStats(), max_infra_retries=2)
 
 
+def test_giving_up_cancels_the_chunks_not_yet_read() -> None:
+    """An exception while draining chunk 1 still closes (cancels) chunk 2, which was never read."""
+    executor = FakeExecutor(seed=3, faults=[FaultRule("transport_error", when=lambda c: c["block_sizes"] == [16],
+                                                      attempts="all")])
+    session, digest = _session(executor)
+    closed: list[list[str]] = []
+    submit = session.submit
+
+    class Recorded:
+        def __init__(self, jobs: list[BenchmarkJob]) -> None:
+            self.ids, self.inner = [j.job_id for j in jobs], iter(submit(jobs))
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def __next__(self):  # type: ignore[no-untyped-def]
+            return next(self.inner)
+
+        def close(self) -> None:
+            closed.append(self.ids)
+
+    session.submit = Recorded  # type: ignore[method-assign]
+    jobs = _jobs(digest, 4)
+    with pytest.raises(InfraRetriesExhausted):
+        run_jobs(session, [jobs[:2], jobs[2:]], stats=RunStats(), max_infra_retries=0)
+    assert ["j2", "j3"] in closed
+
+
 def test_fake_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="unknown fault kind 'explode'"):
         FaultRule("explode", rate=0.1)  # type: ignore[arg-type]

@@ -82,6 +82,22 @@ def test_kernel_faults_never_win(kind: str) -> None:
         assert any(not w.endswith(".0") for w in result.stats["workers_used"])
 
 
+def test_a_zero_timing_is_an_error_not_a_winner() -> None:
+    """A worker answering "ok" in 0 ms (a broken timer, a cost model's bug) must not win."""
+    from helion_remote.backends.fake import default_cost_model
+
+    def cost(config: dict[str, object]) -> float:
+        return 0.0 if _block0(config) == 64 else default_cost_model(config)
+
+    executor = FakeExecutor(seed=3, cost_model=cost)
+    args = matmul_args()
+    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch",
+                                    effort="quick", print_result=False)
+    _assert_valid(matmul, args, result)
+    assert result.config["block_sizes"][0] != 64
+    assert result.stats["failures"].get("error", 0) > 0 and "ok" not in result.stats["failures"]
+
+
 @pytest.mark.parametrize("kind", ["worker_crash", "transport_error"])
 def test_infra_faults_are_retried_not_reported(kind: str) -> None:
     executor = FakeExecutor(seed=5, faults=[FaultRule(kind, rate=0.3)])

@@ -134,6 +134,18 @@ def test_hanging_candidate_times_out_and_worker_is_replaced(executor: LocalExecu
     assert after.ok, after
 
 
+def test_a_retime_call_cut_off_loses_no_timing_and_the_worker_is_replaced(executor: LocalExecutor) -> None:
+    session = open_session(executor, lb_add, "retime-hang")
+    good = source(lb_add, [32, 8])
+    hang = edit(source(lb_add, [16, 16]), HOST_LINE, "    while True:\n        pass\n")
+    result = session.retime([good, hang], warmup_ms=0.5, rep_ms=3.0, timeout_s=TIMEOUT_S)
+    # Which kernel held the call up is unknown: infra_error keeps each one's earlier timing.
+    assert [t.status for t in result.timings] == ["infra_error", "infra_error"], result
+    assert "cut off" in (result.timings[0].error_message or "")
+    (after,) = session.retime([good], warmup_ms=0.5, rep_ms=3.0, timeout_s=60).timings
+    assert after.status == "ok" and math.isfinite(after.perf_ms)
+
+
 def test_crashed_and_poisoned_workers_are_replaced(executor: LocalExecutor) -> None:
     session = open_session(executor, lb_add, "crash")
     crash = edit(source(lb_add, [16, 16]), HOST_LINE, "    import os; os._exit(3)\n")

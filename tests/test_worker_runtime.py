@@ -266,6 +266,21 @@ def test_retime_times_every_kernel_on_this_worker(make_runtime) -> None:  # type
     assert all(math.isfinite(t.perf_ms) for t in result.timings[:2])
 
 
+def test_a_kernel_that_poisons_the_device_fails_alone_in_a_retime(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """The others become infra_error (the search keeps their earlier timings), not errors."""
+    args = two()
+    runtime, spec, _ = make_runtime(rt_add, args)
+    good = [source(rt_add, args, [16, 16]), source(rt_add, args, [32, 8])]
+    poisoned = edit(
+        source(rt_add, args, [8, 8]), "    out = torch.empty_like(x)\n",
+        "    raise RuntimeError('CUDA error: an illegal memory access was encountered')\n",
+    )
+    (result,) = runtime.ops(("retime", [good[0], poisoned, good[1]], 0.5, 3.0))
+    assert [t.status for t in result.timings] == ["infra_error", "error", "infra_error"]
+    assert poisoned.digest[:12] in result.timings[0].error_message
+    assert runtime.ops(("sticky",)) == [True]
+
+
 def test_pinned_atol_is_not_scaled_by_the_expected_rms(make_runtime) -> None:  # type: ignore[no-untyped-def]
     """A user who pins ``autotune_baseline_atol`` gets that atol, as in stock Helion."""
     import dataclasses

@@ -27,11 +27,12 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..blobs import BlobStore, DirectoryBlobStore, default_cache_dir
 from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
+from ..result_stream import ResultStream
 from ..spread import spread_groups, spread_retime
 from ..worker.process import WorkerHandle, WorkerSpec, start_worker_server
 
@@ -186,7 +187,9 @@ class LocalExecutor:
             raise RuntimeError(f"could not open session {spec.session_id} on any local worker: " + "; ".join(errors))
         for message in errors:
             log.warning("session %s not opened on %s", spec.session_id, message)
-        session = _LocalSession(self, spec, self._devices[0])
+        # Re-time on the first device that holds the session (GPU 0 unless it failed to open).
+        retime_worker = next(h for h in self._devices if h.worker_id in opened)
+        session = _LocalSession(self, spec, retime_worker)
         session.space_report = next((r for r in reports.values() if r is not None), None)
         return session
 
@@ -289,7 +292,10 @@ class LocalExecutor:
             for task in tasks:
                 task.cancelled = True
             self._pending = collections.deque(t for t in self._pending if not t.cancelled)
-            self._ready = [t for t in self._ready if not t.cancelled]
+            ready = [t for t in self._ready if not t.cancelled]
+            self._admitted -= len(self._ready) - len(ready)  # compiled, never run: free their slots
+            self._ready = ready
+            self._cond.notify_all()
 
     def _compile_loop(self, handle: WorkerHandle, index: int) -> None:
         while True:
@@ -304,11 +310,14 @@ class LocalExecutor:
                 self._admitted += 1
             task.compile_started_at = time.monotonic()
             outcome = handle.compile(task.session.spec, task.job)
-            task.compiled_at = time.monotonic()
-            task.compile_time_s = outcome.compile_time_s
             # A compile timeout, or an expected Triton compile failure (not "raise"
             # class), is final.  Anything else is confirmed by the device worker.
             final = outcome.status == "timeout" or (outcome.status == "error" and not outcome.fatal)
+            if final or outcome.status == "ok":
+                task.compiled_at = time.monotonic()
+                task.compile_time_s = outcome.compile_time_s
+            # else (worker lost, error to confirm): the device stage compiles and times it;
+            # the failed attempt's seconds would teach the compile-order model nonsense.
             if final:
                 result = _compile_result(task.job, outcome, handle)
                 self._finish(task, result.with_stages(**task.stages(task.compiled_at)), admitted=True)
@@ -365,24 +374,15 @@ class _LocalSession:
         """Every GPU times batch jobs and takes part in every spread re-benchmark."""
         self._closed = False
 
-    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
-        """Start every job now; the returned generator yields results as they complete."""
+    def submit(self, jobs: Sequence[BenchmarkJob]) -> ResultStream:
+        """Start every job now; the stream yields results as they complete (``close()`` cancels the rest)."""
         results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         tasks = [_Task(job, self, results) for job in jobs]
         if self._closed:
             raise RuntimeError(f"session {self.spec.session_id} is closed")
         self._executor._enqueue(tasks)
-        return self._stream(tasks, results)
-
-    def _stream(self, tasks: list[_Task], results: queue.SimpleQueue[JobResult]) -> Iterator[JobResult]:
-        remaining = len(tasks)
-        try:
-            while remaining:
-                yield results.get()
-                remaining -= 1
-        finally:
-            if remaining:
-                self._executor._cancel(tasks)
+        return ResultStream([t.job.job_id for t in tasks], results, lambda: self._executor._cancel(tasks),
+                            gone=lambda: self._executor._closed)
 
     def retime(
         self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float

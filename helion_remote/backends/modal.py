@@ -53,10 +53,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
+from ..result_stream import ResultStream
 from .modal_blobs import DEFAULT_CHUNK_BYTES, VolumeBlobStore
 from .modal_client import ModalClient, RealModalClient
 from .modal_cost import CostMeter, CostReport
@@ -374,8 +375,9 @@ class ModalSession:
             expected = min(self._in_flight + extra, self._executor.settings.job_containers)
         return self._executor.meter.exceeded(busy=busy, expected_containers=expected)
 
-    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
-        """Spawn every job now (or answer it at once); the iterator yields in completion order."""
+    def submit(self, jobs: Sequence[BenchmarkJob]) -> ResultStream:
+        """Spawn every job now (or answer it at once); the stream yields in completion order
+        and ``close()`` before the end cancels the calls still running."""
         if self._closed:
             raise RuntimeError(f"session {self.spec.session_id} is closed")
         ex = self._executor
@@ -399,7 +401,7 @@ class ModalSession:
                 continue
             calls.append(call)
             ex._waiters.submit(self._wait, job, call, deadline, results)
-        return self._stream(len(jobs), results, calls)
+        return ResultStream([job.job_id for job in jobs], results, lambda: _cancel_calls(calls))
 
     def _finished(self) -> None:
         with self._lock:
@@ -422,19 +424,6 @@ class ModalSession:
         finally:
             self._finished()
         results.put(result)
-
-    @staticmethod
-    def _stream(n: int, results: queue.SimpleQueue[JobResult], calls: list[Any]) -> Iterator[JobResult]:
-        remaining = n
-        try:
-            while remaining:
-                yield results.get()
-                remaining -= 1
-        finally:
-            if remaining:  # the consumer left early: stop paying for the rest
-                for call in calls:
-                    with contextlib.suppress(Exception):
-                        call.cancel(terminate_containers=False)
 
     def retime(
         self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
@@ -500,6 +489,13 @@ class ModalSession:
         ex = self._executor
         if ex.settings.print_cost and ex.meter.report().containers:
             ex._say(str(ex.meter.report()))
+
+
+def _cancel_calls(calls: Sequence[Any]) -> None:
+    """The consumer left early: stop paying for the calls still running."""
+    for call in calls:
+        with contextlib.suppress(Exception):
+            call.cancel(terminate_containers=False)
 
 
 def _budget_result(job: BenchmarkJob, budget: float | None) -> JobResult:

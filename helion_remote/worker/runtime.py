@@ -353,6 +353,11 @@ class WorkerRuntime:
                 except Exception as error:
                     failure = self._classify(error)
                     errors[digest] = (failure.status, failure.message)
+                    if self.sticky:
+                        self._abandon_after_poison(order, digest, errors)
+                        break
+            if self.sticky:
+                break
         timings = []
         for kernel in kernels:
             if kernel.digest in errors:
@@ -361,6 +366,21 @@ class WorkerRuntime:
             else:
                 timings.append(RetimeTiming(kernel.digest, "ok", statistics.median(samples[kernel.digest])))
         return RetimeResult(tuple(timings), self.worker_id, info.device_name, info.device_uuid)
+
+    @staticmethod
+    def _abandon_after_poison(order: Sequence[str], culprit: str, errors: dict[str, tuple[Status, str]]) -> None:
+        """After a kernel poisons the device, nothing else this call measures can be trusted.
+
+        The culprit keeps its error; every other kernel is ``infra_error`` (not
+        its fault), so the search keeps its earlier timing instead of losing
+        the whole population to one bad kernel.
+        """
+        for digest in order:
+            if digest not in errors:
+                errors[digest] = (
+                    "infra_error",
+                    f"not re-timed: kernel {culprit[:12]} left this worker's device unusable; a fresh worker replaces it",
+                )
 
     # ------------------------------------------------------------------ pieces
 
