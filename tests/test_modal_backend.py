@@ -384,6 +384,21 @@ def test_submit_starts_jobs_streams_out_of_order_and_keeps_job_ids(tmp_path: Pat
         executor.close()
 
 
+def test_a_stream_closed_unread_cancels_its_calls(tmp_path: Path) -> None:
+    """The coordinator gave up before reading this chunk: stop paying for it."""
+    server = StandInModal(tmp_path, slow_s=2.0, fault=lambda m, a: "slow" if m == "run_job" else None)
+    executor, _ = make_executor(tmp_path, server, max_containers=3)
+    try:
+        spec = tiny_spec(executor)
+        session = executor.open_session(spec)
+        stream = session.submit(tiny_jobs(spec, 3))
+        stream.close()  # never read
+        assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 3
+    finally:
+        server.stop()
+        executor.close()
+
+
 def test_container_loss_preemption_timeouts_become_results(tmp_path: Path) -> None:
     plan = {"j0": "lose", "j1": "preempt", "j2": "function_timeout", "j3": "hang"}
     server = StandInModal(tmp_path, fault=lambda m, a: plan.get(a[1]["job_id"]) if m == "run_job" else None)
