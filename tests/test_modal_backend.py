@@ -269,6 +269,18 @@ def test_volume_blobs_chunk_upload_once_and_verify_on_worker(tmp_path: Path) -> 
         worker.get(index["digest"])
 
 
+def test_a_damaged_chunk_left_on_the_volume_is_replaced_by_the_next_upload(tmp_path: Path) -> None:
+    import hashlib
+
+    server = StandInModal(tmp_path)
+    data = b"A" * 100
+    truncated = tmp_path / chunk_path(hashlib.sha256(data).hexdigest()).lstrip("/")
+    truncated.parent.mkdir(parents=True)
+    truncated.write_bytes(data[:10])  # an earlier upload died half way
+    put = VolumeBlobStore(server.Volume.from_name("v"), chunk_bytes=1 << 20).put(data)
+    assert put.uploaded and MountedBlobStore(tmp_path).get(put.digest) == data
+
+
 def test_two_gib_argument_tree_round_trips_through_the_volume(tmp_path: Path) -> None:
     server = StandInModal(tmp_path)
     store = VolumeBlobStore(server.Volume.from_name("v"))
@@ -394,6 +406,52 @@ def test_a_stream_closed_unread_cancels_its_calls(tmp_path: Path) -> None:
         stream = session.submit(tiny_jobs(spec, 3))
         stream.close()  # never read
         assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 3
+    finally:
+        server.stop()
+        executor.close()
+
+
+def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(tmp_path: Path) -> None:
+    import threading
+
+    server = StandInModal(tmp_path, slow_s=3.0, fault=lambda m, a: "slow" if m == "run_job" else None)
+    executor, _ = make_executor(tmp_path, server, max_containers=2)
+    try:
+        spec = tiny_spec(executor)
+        session = executor.open_session(spec)
+        got: list[Any] = []
+        reader = threading.Thread(target=lambda: got.extend(session.submit(tiny_jobs(spec, 4))), daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        executor.close()
+        reader.join(10)
+        assert not reader.is_alive(), "the reader still waits for replies nobody will collect"
+        assert len(got) == 4 and all(r.status == "infra_error" for r in got)
+        assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 4
+    finally:
+        server.stop()
+        executor.close()
+
+
+def test_calls_still_queued_when_the_budget_is_spent_are_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modal runs every call it was given: the budget must cancel the ones still out, not only refuse new ones."""
+    import helion_remote.backends.modal as modal_backend
+
+    monkeypatch.setattr(modal_backend, "BUDGET_POLL_S", 0.02)
+    server = StandInModal(tmp_path, slow_s=0.05, fault=lambda m, a: "slow" if m == "run_job" else None)
+    executor, _ = make_executor(tmp_path, server, max_containers=2, max_cost_usd=100.0)
+    try:
+        start = time.time()
+        executor.meter._clock = lambda: start + (time.time() - start) * 2000  # 0.05 s of real time = 100 s billed
+        spec = tiny_spec(executor)
+        session = executor.open_session(spec)
+        executor.meter.max_cost_usd = 6 * executor.meter.estimate_usd(busy=True, expected_containers=1)
+        results = list(session.submit(tiny_jobs(spec, 40)))  # one job container: 40 x 100 s billed
+        ran = sum(r.ok for r in results)
+        cancelled = [r for r in results if r.error_class == modal_backend.BUDGET_EXCEEDED]
+        assert ran > 0 and len(cancelled) == 40 - ran
+        assert "cancelled while queued or running" in (cancelled[-1].error_message or "")
+        assert executor.meter.estimate_usd() <= 1.25 * executor.meter.max_cost_usd
     finally:
         server.stop()
         executor.close()
@@ -628,6 +686,8 @@ def test_worker_body_runs_through_modal_local_execution(child: dict[str, Any]) -
     assert math.isfinite(float(local["good"]["perf_ms"]))
     assert local["wrong"]["status"] == "accuracy_error" and local["wrong"]["job_id"] == "wrong-1"
     assert local["retime"][0][1] == "ok"
+    assert [t[1] for t in local["poisoned_retime"]] == ["infra_error", "error"]
+    assert "PoisonedContainer" in local["after_poison"]["error"]  # no more work on a broken device
     assert local["enter_calls"] == 1  # @modal.enter ran once for the instance, args loaded once
 
 
@@ -684,6 +744,13 @@ def _child_main(out_path: str) -> None:  # pragma: no cover - runs in the subpro
         "wrong": worker.run_job.local(payload, job(wrong, "wrong-1"))["result"],
         "retime": worker.retime.local(payload, [kernel_to_dict(good)], 1.0, 5.0)["retime"]["timings"],
     }
+    # A kernel that breaks the device while re-timing: it fails alone, the container leaves service.
+    poison = KernelSource(good.module_source.replace(
+        "\n    return out", "\n    raise RuntimeError('CUDA error: an illegal memory access was encountered')\n    return out", 1),
+        good.entry_name, good.source_modules)
+    local["poisoned_retime"] = worker.retime.local(
+        payload, [kernel_to_dict(good), kernel_to_dict(poison)], 1.0, 5.0)["retime"]["timings"]
+    local["after_poison"] = worker.retime.local(payload, [kernel_to_dict(good)], 1.0, 5.0)
     local["enter_calls"] = len(enter_calls)
     ContainerWorker.__init__ = original  # type: ignore[method-assign]
 

@@ -294,3 +294,21 @@ def test_pinned_atol_is_not_scaled_by_the_expected_rms(make_runtime) -> None:  #
     first, second = runtime.ops(("run", scaled), ("run", pinned))
     assert first.status == "ok", first.error_message
     assert second.status == "accuracy_error"
+
+
+def test_a_planted_file_at_a_content_address_is_replaced_not_imported(tmp_path: Path) -> None:
+    import sys
+
+    from helion_remote.target.drift import load_source_module
+    from helion_remote.worker.modules import write_once
+
+    shipped = SourceModule("hr_planted_pkg_consts", "VALUE = 'shipped'\n")
+    path = tmp_path / shipped.digest / f"{shipped.name}.py"
+    path.parent.mkdir(parents=True)
+    path.write_text("VALUE = 'planted'\n")
+    assert write_once(path, shipped.source).read_text() == shipped.source
+    path.write_text("VALUE = 'planted'\n")
+    try:
+        assert load_source_module(shipped, tmp_path).VALUE == "shipped"
+    finally:
+        sys.modules.pop(shipped.name, None)

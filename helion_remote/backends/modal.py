@@ -74,6 +74,9 @@ MISSING_CREDENTIALS = (
 )
 COMPARED_VERSIONS = ("helion", "torch", "triton", "wire", "code")
 BUDGET_EXCEEDED = "BudgetExceeded"
+BUDGET_POLL_S = 5.0
+"""How often a job's wait re-checks the dollar budget: Modal runs every queued call it was
+given, so once the estimate passes the budget the calls still out are cancelled."""
 DEFAULT_JOB_S = 60 + 30 + 30
 """Helion's default compile (60 s) and benchmark (30 s) timeouts plus a margin."""
 
@@ -143,6 +146,8 @@ class ModalExecutor:
         self._exit = contextlib.ExitStack()
         self._lock = threading.Lock()
         self._closed = False
+        self._outstanding: set[Any] = set()
+        """Calls spawned and not yet answered: close() cancels them."""
         self.deployment: str | None = None
         """``"deployed"`` or ``"ephemeral"`` once connected."""
         self._volume = self._client.Volume.from_name(
@@ -317,9 +322,11 @@ class ModalExecutor:
             if self._closed:
                 return
             self._closed = True
+            outstanding, self._outstanding = list(self._outstanding), set()
         for pool in (getattr(self, "_spawner", None), getattr(self, "_waiters", None)):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        _cancel_calls(outstanding)  # stop paying for work nobody will read
         self._exit.close()
         meter = getattr(self, "meter", None)
         if meter is not None and self.settings.print_cost and meter.report().containers:
@@ -400,8 +407,11 @@ class ModalSession:
                 results.put(ex._classify(job, error))
                 continue
             calls.append(call)
+            with ex._lock:
+                ex._outstanding.add(call)
             ex._waiters.submit(self._wait, job, call, deadline, results)
-        return ResultStream([job.job_id for job in jobs], results, lambda: _cancel_calls(calls))
+        return ResultStream([job.job_id for job in jobs], results, lambda: _cancel_calls(calls),
+                            gone=lambda: ex._closed)
 
     def _finished(self) -> None:
         with self._lock:
@@ -410,7 +420,12 @@ class ModalSession:
     def _wait(self, job: BenchmarkJob, call: Any, deadline: float, results: queue.SimpleQueue[JobResult]) -> None:
         ex = self._executor
         try:
-            reply = call.get(timeout=max(0.0, deadline - time.monotonic()))
+            reply = self._reply_within_budget(call, deadline)
+            if reply is None:
+                with contextlib.suppress(Exception):
+                    call.cancel(terminate_containers=False)
+                result = _budget_result(job, ex.meter.max_cost_usd, cancelled=True)
+                return
             ex.meter.observe(reply.get("container"))
             result = result_from_dict(reply["result"])
             if result.job_id != job.job_id:
@@ -423,7 +438,21 @@ class ModalSession:
                     call.cancel(terminate_containers=False)
         finally:
             self._finished()
-        results.put(result)
+            with ex._lock:
+                ex._outstanding.discard(call)
+            results.put(result)
+
+    def _reply_within_budget(self, call: Any, deadline: float) -> Any:
+        """The call's reply, or None once the budget is spent first (TimeoutError at the deadline)."""
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return call.get(timeout=max(0.0, min(left, BUDGET_POLL_S)))
+            except TimeoutError:
+                if left <= BUDGET_POLL_S:
+                    raise
+                if self._executor.meter.max_cost_usd is not None and self._over_budget(extra=0):
+                    return None
 
     def retime(
         self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
@@ -465,10 +494,15 @@ class ModalSession:
         # ``timeout_s`` already bounds the whole call (the provider sizes it to the kernels);
         # on top: a container's cold start and session load.
         wait = s.startup_timeout_s + s.session_load_s + max(timeout_s, 1.0)
+        call = None
         try:
             call = target.retime.spawn(self._payload, [kernel_to_dict(k) for k in kernels], warmup_ms, rep_ms)
             reply = call.get(timeout=wait)
         except Exception as error:  # noqa: BLE001
+            if call is not None:  # a re-timing left running would hold the re-timing container
+                _cancel_calls([call])
+            if isinstance(error, TimeoutError):
+                return failed(f"no re-timing reply within {wait:.0f}s; the call was cancelled")
             return failed(f"{type(error).__name__}: {error}")
         stamp = reply.get("container") or {}
         ex.meter.observe(stamp, job=not pinned)
@@ -498,11 +532,12 @@ def _cancel_calls(calls: Sequence[Any]) -> None:
             call.cancel(terminate_containers=False)
 
 
-def _budget_result(job: BenchmarkJob, budget: float | None) -> JobResult:
+def _budget_result(job: BenchmarkJob, budget: float | None, *, cancelled: bool = False) -> JobResult:
     now = time.time()
+    what = "cancelled while queued or running" if cancelled else "not run"
     return JobResult(
         job_id=job.job_id, status="error", error_class=BUDGET_EXCEEDED,
-        error_message=f"not run: the ${budget} Modal budget (max_cost_usd) is spent; the search keeps its best so far",
+        error_message=f"{what}: the ${budget} Modal budget (max_cost_usd) is spent; the search keeps its best so far",
         started_at=now, finished_at=now, kernel_digest=job.kernel.digest, perf_ms=math.inf,
     )
 

@@ -148,7 +148,9 @@ class VolumeBlobStore(_Counters):
             if chunk not in missing and not self._exists(chunk_path(chunk), nbytes):
                 missing[chunk] = part
         for chunk, part in missing.items():
-            self._upload({chunk_path(chunk): part})  # one commit per chunk: a crash keeps the finished ones
+            # One commit per chunk (a crash keeps the finished ones).  Forced: a chunk is named
+            # by its bytes, so overwriting is harmless, and a damaged one (wrong size) must go.
+            self._upload({chunk_path(chunk): part}, force=True)
         index = json.dumps(
             {"format": INDEX_FORMAT, "digest": digest, "nbytes": view.nbytes, "chunks": [[c, n] for c, n, _ in chunks]},
             sort_keys=True, separators=(",", ":"),
@@ -156,9 +158,9 @@ class VolumeBlobStore(_Counters):
         self._upload({index_path(digest): memoryview(index)})  # last: the index means "complete"
         return self._count(PutResult(digest, view.nbytes, uploaded=True))
 
-    def _upload(self, files: dict[str, memoryview]) -> None:
+    def _upload(self, files: dict[str, memoryview], *, force: bool = False) -> None:
         try:
-            with self.volume.batch_upload() as batch:
+            with self.volume.batch_upload(force=force) as batch:
                 for path, view in files.items():
                     batch.put_file(_ViewReader(view), path)
         except FileExistsError:

@@ -122,6 +122,9 @@ class ContainerWorker:
             return {"ok": False, "kind": "baseline", "message": str(error), "container": self.stamp()}
         except JobLoadError as error:
             return {"ok": False, "kind": "load", "message": str(error), "container": self.stamp()}
+        finally:
+            if self.runtime.sticky:  # the reference itself broke the device
+                self._poison("unrecoverable device error opening the session")
         return {"ok": True, "worker": self._worker(), "container": self.stamp(),
                 "space_report": getattr(summary, "space_report", None)}
 
@@ -144,6 +147,8 @@ class ContainerWorker:
         return self._reply(result)
 
     def retime(self, session: Payload, kernels: list[Payload], warmup_ms: float, rep_ms: float) -> Payload:
+        if self.poisoned is not None:
+            return {"error": f"PoisonedContainer: {self.poisoned}", "container": self.stamp()}
         try:
             self._ensure_session(session)
         except (BaselineError, JobLoadError) as error:
@@ -153,6 +158,8 @@ class ContainerWorker:
         except ModuleConflictError as error:
             self._poison(f"module conflict: {error}")
             return {"error": f"ModuleConflictError: {error}", "container": self.stamp()}
+        if self.runtime.sticky:  # one kernel broke the device; the others came back infra_error
+            self._poison("unrecoverable device error while re-timing")
         return {"retime": retime_to_dict(result), "container": self.stamp()}
 
     # ------------------------------------------------------------------ helpers

@@ -156,15 +156,10 @@ def load_source_module(kernel_module: SourceModule, work_dir: str | os.PathLike[
     """Import a shipped module from a content-addressed file (Triton needs real files)."""
     import sys
 
-    from ..worker.modules import register_source_module
+    from ..worker.modules import register_source_module, write_once
 
-    root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir()) / "helion_remote_modules"
-    path = root / kernel_module.digest / f"{kernel_module.name}.py"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(kernel_module.source, encoding="utf-8")
-        os.replace(tmp, path)
+    root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir()) / f"helion_remote_modules-{os.getuid()}"
+    path = write_once(root / kernel_module.digest / f"{kernel_module.name}.py", kernel_module.source)
     register_source_module(kernel_module, path)
     return sys.modules[kernel_module.name]
 

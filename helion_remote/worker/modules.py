@@ -30,9 +30,17 @@ class JobLoadError(RuntimeError):
 
 
 def write_once(path: Path, text: str) -> Path:
-    """Content-addressed file: written atomically once, shared by every process."""
-    if path.exists():
-        return path
+    """Content-addressed file: written atomically once, shared by every process.
+
+    An existing file is used only if it holds exactly ``text``: anything else
+    at that path (another user's file in a shared temp dir, a damaged disk) is
+    replaced, never imported.
+    """
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
