@@ -236,6 +236,20 @@ def test_cost_meter_counts_cold_start_active_and_idle_tail() -> None:
     assert meter.exceeded()
 
 
+def test_a_busy_estimate_bills_only_the_containers_still_running() -> None:
+    """Three hours in, one job container busy: a re-timing container idle since minute one is not billed until now."""
+    clock = [0.0]
+    meter = CostMeter(gpu_type="H100", scaledown_window_s=120, cold_start_s=20, clock=lambda: clock[0])
+    meter.observe({"id": "retime", "boot": 0.0, "now": 0.0}, job=False)
+    clock[0] = 60.0
+    meter.observe({"id": "job1", "boot": 0.0, "now": 60.0})
+    clock[0] = 3 * 3600.0
+    expected_s = (20 + 0 + 120) + (20 + 3 * 3600 + 120)  # the idle one: its 60 s were before its boot stamp
+    assert meter.estimate_usd(busy=True, expected_containers=1) == pytest.approx(expected_s * meter.rate, rel=0.01)
+    # Two containers busy: both run until now.
+    assert meter.estimate_usd(busy=True, expected_containers=2) == pytest.approx(2 * (140 + 3 * 3600) * meter.rate, rel=0.01)
+
+
 # ---------------------------------------------------------------------- blobs
 
 

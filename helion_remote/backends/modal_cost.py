@@ -145,15 +145,20 @@ class CostMeter:
     def estimate_usd(self, *, busy: bool = False, expected_containers: int = 0) -> float:
         """Cost so far plus what is already committed.
 
-        ``busy``: jobs are in flight, so seen containers run until now at least.
-        ``expected_containers``: containers the in-flight jobs will occupy; those
-        not yet seen will cost at least a cold start and an idle tail.
+        ``busy``: jobs are in flight, so the ``expected_containers`` most recently
+        seen containers (at least one) run until now; the others stopped after
+        their last reply and tail (billing every container ever seen until now
+        doubled a three-hour estimate).  ``expected_containers``: containers the
+        in-flight jobs will occupy; those not yet seen will cost at least a cold
+        start and an idle tail.
         """
         now = self._clock()
         with self._lock:
             seconds = 0.0
-            for entry in self._containers.values():
-                end = max(entry.last, now) if busy else entry.last
+            recent = sorted(self._containers.values(), key=lambda e: e.last, reverse=True)
+            running = max(1, expected_containers) if busy else 0
+            for rank, entry in enumerate(recent):
+                end = max(entry.last, now) if rank < running else entry.last
                 seconds += self.cold_start_s + max(0.0, end - entry.boot) + self.scaledown_window_s
             unseen = max(0, expected_containers - len(self._containers))
         seconds += unseen * (self.cold_start_s + self.scaledown_window_s)
