@@ -13,6 +13,7 @@ it overlaps the in-process tests) holds everything that needs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -410,29 +412,31 @@ def test_submit_starts_jobs_streams_out_of_order_and_keeps_job_ids(tmp_path: Pat
         executor.close()
 
 
-def test_a_stream_closed_unread_cancels_its_calls(tmp_path: Path) -> None:
-    """The coordinator gave up before reading this chunk: stop paying for it."""
-    server = StandInModal(tmp_path, slow_s=2.0, fault=lambda m, a: "slow" if m == "run_job" else None)
-    executor, _ = make_executor(tmp_path, server, max_containers=3)
+@contextlib.contextmanager
+def slow_jobs_session(tmp_path: Path, slow_s: float, **kw: Any) -> Iterator[tuple[StandInModal, ModalExecutor, Any]]:
+    """A stand-in whose every job takes ``slow_s``, an executor on it, and an open session."""
+    server = StandInModal(tmp_path, slow_s=slow_s, fault=lambda m, a: "slow" if m == "run_job" else None)
+    executor, _ = make_executor(tmp_path, server, **kw)
     try:
-        spec = tiny_spec(executor)
-        session = executor.open_session(spec)
-        stream = session.submit(tiny_jobs(spec, 3))
-        stream.close()  # never read
-        assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 3
+        yield server, executor, executor.open_session(tiny_spec(executor))
     finally:
         server.stop()
         executor.close()
 
 
+def test_a_stream_closed_unread_cancels_its_calls(tmp_path: Path) -> None:
+    """The coordinator gave up before reading this chunk: stop paying for it."""
+    with slow_jobs_session(tmp_path, 2.0, max_containers=3) as (server, _, session):
+        stream = session.submit(tiny_jobs(session.spec, 3))
+        stream.close()  # never read
+        assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 3
+
+
 def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(tmp_path: Path) -> None:
     import threading
 
-    server = StandInModal(tmp_path, slow_s=3.0, fault=lambda m, a: "slow" if m == "run_job" else None)
-    executor, _ = make_executor(tmp_path, server, max_containers=2)
-    try:
-        spec = tiny_spec(executor)
-        session = executor.open_session(spec)
+    with slow_jobs_session(tmp_path, 3.0, max_containers=2) as (server, executor, session):
+        spec = session.spec
         got: list[Any] = []
         reader = threading.Thread(target=lambda: got.extend(session.submit(tiny_jobs(spec, 4))), daemon=True)
         reader.start()
@@ -442,9 +446,6 @@ def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(tmp
         assert not reader.is_alive(), "the reader still waits for replies nobody will collect"
         assert len(got) == 4 and all(r.status == "infra_error" for r in got)
         assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 4
-    finally:
-        server.stop()
-        executor.close()
 
 
 def test_calls_still_queued_when_the_budget_is_spent_are_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
