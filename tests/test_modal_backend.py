@@ -432,10 +432,14 @@ def test_a_stream_closed_unread_cancels_its_calls(tmp_path: Path) -> None:
         assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 3
 
 
-def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(tmp_path: Path) -> None:
+def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    with slow_jobs_session(tmp_path, 3.0, max_containers=2) as (server, executor, session):
+    import helion_remote.backends.modal as modal_backend
+
+    monkeypatch.setattr(modal_backend, "BUDGET_POLL_S", 0.05)
+    with slow_jobs_session(tmp_path, 30.0, max_containers=2) as (server, executor, session):
         spec = session.spec
         got: list[Any] = []
         reader = threading.Thread(target=lambda: got.extend(session.submit(tiny_jobs(spec, 4))), daemon=True)
@@ -446,6 +450,11 @@ def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(tmp
         assert not reader.is_alive(), "the reader still waits for replies nobody will collect"
         assert len(got) == 4 and all(r.status == "infra_error" for r in got)
         assert sum(api == "FunctionCall.cancel" for api, _, _ in server.calls) == 4
+        # The waiting threads end too (they would keep the interpreter from exiting).
+        deadline = time.monotonic() + 5
+        while any(t.is_alive() for t in executor._waiters._threads) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert not any(t.is_alive() for t in executor._waiters._threads)  # type: ignore[attr-defined]
 
 
 def test_calls_still_queued_when_the_budget_is_spent_are_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

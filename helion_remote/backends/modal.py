@@ -443,7 +443,12 @@ class ModalSession:
             results.put(result)
 
     def _reply_within_budget(self, call: Any, deadline: float) -> Any:
-        """The call's reply, or None once the budget is spent first (TimeoutError at the deadline)."""
+        """The call's reply, or None once the budget is spent first (TimeoutError at the deadline).
+
+        Waits in slices of ``BUDGET_POLL_S``: between them it checks the budget and
+        whether the executor was closed (a waiter blocked on a closed executor's
+        call would keep the interpreter from exiting for up to ``wait_timeout_s``).
+        """
         while True:
             left = deadline - time.monotonic()
             try:
@@ -451,6 +456,8 @@ class ModalSession:
             except TimeoutError:
                 if left <= BUDGET_POLL_S:
                     raise
+                if self._executor._closed:
+                    raise ExecutorClosedError("the Modal executor was closed before this job answered") from None
                 if self._executor.meter.max_cost_usd is not None and self._over_budget(extra=0):
                     return None
 
@@ -523,6 +530,10 @@ class ModalSession:
         ex = self._executor
         if ex.settings.print_cost and ex.meter.report().containers:
             ex._say(str(ex.meter.report()))
+
+
+class ExecutorClosedError(RuntimeError):
+    """A job's wait ended because its executor was closed (an ``infra_error`` result)."""
 
 
 def _cancel_calls(calls: Sequence[Any]) -> None:
