@@ -115,7 +115,6 @@ class CompileCostModel:
         lead = ascending[: self.cheap_first]
         return lead + sorted(ascending[self.cheap_first:], key=lambda i: -predicted[i])  # type: ignore[operator]
 
-
     def rank_correlation(self) -> float | None:
         """Spearman correlation of predicted and observed compile times (None with < 3 pairs)."""
         if len(self.scored) < 3:

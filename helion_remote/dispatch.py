@@ -52,7 +52,6 @@ def run_jobs(
     """
     final: dict[str, JobResult] = {}
     by_id: dict[str, BenchmarkJob] = {}
-    streams: list[Iterator[JobResult]] = []
     opened: list[Iterator[JobResult]] = []
     try:
         for chunk in job_chunks:
@@ -60,9 +59,38 @@ def run_jobs(
                 continue
             for job in chunk:
                 by_id[job.job_id] = job
-            streams.append(iter(session.submit(list(chunk))))
-            opened.append(streams[-1])
-        _drain(session, streams, opened, by_id, final, stats, max_infra_retries, on_result)
+            opened.append(iter(session.submit(list(chunk))))
+        streams = list(opened)
+        while streams:
+            retry: list[BenchmarkJob] = []
+            for stream in streams:
+                for result in stream:
+                    job = by_id.get(result.job_id)
+                    if job is None:
+                        raise RuntimeError(f"executor returned a result for unknown job id {result.job_id!r}")
+                    stats.record(result)
+                    if result.status == "infra_error":
+                        if job.attempt >= max_infra_retries:
+                            raise InfraRetriesExhausted(
+                                f"job {job.job_id} failed {job.attempt + 1} times on infrastructure "
+                                f"(last: {result.error_class}: {result.error_message} on worker "
+                                f"{result.worker_id or '?'}); the workers are unhealthy. Check the "
+                                "backend, or raise max_infra_retries."
+                            )
+                        stats.infra_retries += 1
+                        again = job.retry(result.worker_id)
+                        by_id[job.job_id] = again
+                        retry.append(again)
+                        continue
+                    final[job.job_id] = result
+                    if result.worker_id:
+                        stats.workers_used.add(result.worker_id)
+                    if result.device_name:
+                        stats.devices_used.add(result.device_name)
+                    if on_result is not None:
+                        on_result(result)
+            streams = [iter(session.submit(retry))] if retry else []
+            opened.extend(streams)
     finally:
         # Leaving early (an exception, Ctrl-C): cancel every job not yet answered,
         # including chunks never read (a stream's close() is a no-op once drained).
@@ -74,46 +102,3 @@ def run_jobs(
     if missing:
         raise RuntimeError(f"executor lost jobs {missing[:5]} (of {len(missing)}) without a result")
     return final
-
-
-def _drain(  # noqa: PLR0913 - run_jobs' state, split out for its try/finally
-    session: RemoteSession,
-    streams: list[Iterator[JobResult]],
-    opened: list[Iterator[JobResult]],
-    by_id: dict[str, BenchmarkJob],
-    final: dict[str, JobResult],
-    stats: RunStats,
-    max_infra_retries: int,
-    on_result: Callable[[JobResult], None] | None,
-) -> None:
-    """Read every stream; infrastructure failures go round again on another worker."""
-    while streams:
-        retry: list[BenchmarkJob] = []
-        for stream in streams:
-            for result in stream:
-                job = by_id.get(result.job_id)
-                if job is None:
-                    raise RuntimeError(f"executor returned a result for unknown job id {result.job_id!r}")
-                stats.record(result)
-                if result.status == "infra_error":
-                    if job.attempt >= max_infra_retries:
-                        raise InfraRetriesExhausted(
-                            f"job {job.job_id} failed {job.attempt + 1} times on infrastructure "
-                            f"(last: {result.error_class}: {result.error_message} on worker "
-                            f"{result.worker_id or '?'}); the workers are unhealthy. Check the "
-                            "backend, or raise max_infra_retries."
-                        )
-                    stats.infra_retries += 1
-                    again = job.retry(result.worker_id)
-                    by_id[job.job_id] = again
-                    retry.append(again)
-                    continue
-                final[job.job_id] = result
-                if result.worker_id:
-                    stats.workers_used.add(result.worker_id)
-                if result.device_name:
-                    stats.devices_used.add(result.device_name)
-                if on_result is not None:
-                    on_result(result)
-        streams = [iter(session.submit(retry))] if retry else []
-        opened.extend(streams)

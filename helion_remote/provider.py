@@ -327,10 +327,11 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
 
     def _to_helion(self, config: Any, handle: RemoteKernel, result: JobResult, *, measured: bool = True) -> Any:
         """Helion's ``BenchmarkResult`` for ``result``; ``measured=False`` reuses a same-source result."""
+        reference_ms = self._in_reference_units(result)
         if measured:
-            self._count_measurement(handle, result)
-        if result.status == "ok" and usable_ms(result.perf_ms):
-            status, perf = "ok", self._in_reference_units(result)
+            self._count_measurement(handle, result, reference_ms)
+        if reference_ms is not None:
+            status, perf = "ok", reference_ms
         else:
             status, perf = _STATUS_TO_HELION.get(result.status, "error"), math.inf
             if status == "ok":  # ok but no usable (finite, positive) time: treat as an error
@@ -362,20 +363,23 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
         self._log_entry(helion_result)
         return helion_result
 
-    def _count_measurement(self, handle: RemoteKernel, result: JobResult) -> None:
+    def _count_measurement(self, handle: RemoteKernel, result: JobResult, reference_ms: float | None) -> None:
         """Counters for a measurement actually made (a same-source copy is not one)."""
         self.context.stats.configs_measured += 1
         self._autotune_metrics.num_configs_tested += 1
-        if result.status == "ok" and usable_ms(result.perf_ms):
+        if reference_ms is not None:
             self._autotune_metrics.num_successful_candidate_measurements += 1
-            self.context.last_perf_ms[handle.source.digest] = self._in_reference_units(result)
-            if self.context.worker_scales.factor(result.worker_id) != 1.0:
+            self.context.last_perf_ms[handle.source.digest] = reference_ms
+            if reference_ms != result.perf_ms:
                 self.context.stats.batch_timings_scaled += 1
         else:
             self.context.stats.failures["error" if result.status == "ok" else result.status] += 1
 
-    def _in_reference_units(self, result: JobResult) -> float:
-        """A batch timing in the re-timing worker's units (factor 1 until its GPU is anchored)."""
+    def _in_reference_units(self, result: JobResult) -> float | None:
+        """A usable batch timing in the re-timing worker's units (factor 1 until its GPU is
+        anchored); None for a failure or an unusable (non-finite, non-positive) timing."""
+        if result.status != "ok" or not usable_ms(result.perf_ms):
+            return None
         return result.perf_ms * self.context.worker_scales.factor(result.worker_id)
 
     def _log_entry(self, result: Any) -> None:

@@ -422,8 +422,7 @@ class ModalSession:
         try:
             reply = self._reply_within_budget(call, deadline)
             if reply is None:
-                with contextlib.suppress(Exception):
-                    call.cancel(terminate_containers=False)
+                _cancel_calls([call])
                 result = _budget_result(job, ex.meter.max_cost_usd, cancelled=True)
                 return
             ex.meter.observe(reply.get("container"))
@@ -434,8 +433,7 @@ class ModalSession:
         except BaseException as error:  # noqa: BLE001 - never lose a job
             result = ex._classify(job, error)
             if isinstance(error, TimeoutError):  # our deadline, not Modal's: stop the orphaned call
-                with contextlib.suppress(Exception):
-                    call.cancel(terminate_containers=False)
+                _cancel_calls([call])
         finally:
             self._finished()
             with ex._lock:
@@ -537,7 +535,7 @@ class ExecutorClosedError(RuntimeError):
 
 
 def _cancel_calls(calls: Sequence[Any]) -> None:
-    """The consumer left early: stop paying for the calls still running."""
+    """Stop paying for calls nobody will read (best effort: a call may have finished)."""
     for call in calls:
         with contextlib.suppress(Exception):
             call.cancel(terminate_containers=False)
