@@ -27,8 +27,8 @@ from helion.autotuner.logger import AutotuningLogger  # noqa: E402
 from helion.autotuner.metrics import AutotuneMetrics  # noqa: E402
 from helion_remote.argcodec import upload_args  # noqa: E402
 from helion_remote.backends.fake import FakeExecutor  # noqa: E402
-from helion_remote.provider import RemoteContext, bind_provider  # noqa: E402
-from helion_remote.stats import RunStats  # noqa: E402
+from helion_remote.coordinator.provider import RemoteContext, bind_provider  # noqa: E402
+from helion_remote.coordinator.stats import RunStats  # noqa: E402
 
 from kernels import matmul, matmul_args, softmax, softmax_args  # noqa: E402
 

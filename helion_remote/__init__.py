@@ -6,9 +6,9 @@ benchmark batches go to a :class:`RemoteBenchmarkExecutor` backend.
 
 from __future__ import annotations
 
-from .api import AutotuneResult, RemoteAutotuneCache, autotune, autotuner_fn, shared_executor
-from .backends import backend_names, create_executor
-from .protocol import (
+from helion_remote.coordinator.api import AutotuneResult, RemoteAutotuneCache, autotune, autotuner_fn, shared_executor
+from helion_remote.backends import backend_names, create_executor
+from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,

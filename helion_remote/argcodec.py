@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .blobs import BlobStore, Buffer, PutResult, check_digest
+from helion_remote.blobs import BlobStore, Buffer, PutResult, check_digest
 
 FORMAT = "helion-remote-args/1"
 
@@ -347,7 +347,7 @@ def download_args(
 
 def decode_args(encoded: EncodedArgs, device: str | torch.device = "cpu") -> list[object]:
     """``download_args`` for an ``EncodedArgs`` held in memory."""
-    from .blobs import MemoryBlobStore
+    from helion_remote.blobs import MemoryBlobStore
 
     store = MemoryBlobStore()
     for data in (*encoded.storages.values(), encoded.manifest):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 
 def _modal_settings(args: argparse.Namespace) -> object:
-    from .backends.modal_settings import ModalSettings
+    from helion_remote.backends.modal.settings import ModalSettings
 
     return ModalSettings.from_env(
         gpu=args.gpu, max_containers=args.max_containers, app_name=args.app_name,
@@ -26,7 +26,7 @@ def _modal_settings(args: argparse.Namespace) -> object:
 
 def _export(settings: object) -> None:
     """``modal_app`` reads its settings from the environment at import: pass ours on."""
-    from .backends.modal_settings import ENV_VARS
+    from helion_remote.backends.modal.settings import ENV_VARS
 
     for name, var in ENV_VARS.items():
         value = getattr(settings, name)
@@ -35,8 +35,8 @@ def _export(settings: object) -> None:
 
 
 def _credentials_or_exit() -> bool:
-    from .backends.modal import MISSING_CREDENTIALS
-    from .backends.modal_client import RealModalClient
+    from helion_remote.backends.modal.executor import MISSING_CREDENTIALS
+    from helion_remote.backends.modal.client import RealModalClient
 
     if not RealModalClient().credentials_present():
         print(f"error: {MISSING_CREDENTIALS}", file=sys.stderr)
@@ -51,7 +51,7 @@ def modal_deploy(args: argparse.Namespace) -> int:
     _export(settings)
     import modal
 
-    from .backends import modal_app
+    from helion_remote.backends.modal import app as modal_app
 
     print(f"deploying {settings.app_name!r} (helion {modal_app.VERSIONS['helion']}, torch "  # type: ignore[attr-defined]
           f"{modal_app.VERSIONS['torch']}, triton {modal_app.VERSIONS['triton']}, default gpu {settings.gpu})")  # type: ignore[attr-defined]
@@ -68,7 +68,7 @@ def modal_check(args: argparse.Namespace) -> int:
         return 2
     import modal
 
-    from .backends.modal_settings import WORKER_CLS_NAME
+    from helion_remote.backends.modal.settings import WORKER_CLS_NAME
 
     cls = modal.Cls.from_name(settings.app_name, WORKER_CLS_NAME, environment_name=settings.environment)  # type: ignore[attr-defined]
     try:
@@ -84,8 +84,8 @@ def modal_check(args: argparse.Namespace) -> int:
 
 
 def modal_settings(args: argparse.Namespace) -> int:
-    from .backends.modal_cost import PRICE_SOURCE
-    from .backends.modal_settings import ENV_VARS
+    from helion_remote.backends.modal.cost import PRICE_SOURCE
+    from helion_remote.backends.modal.settings import ENV_VARS
 
     settings = _modal_settings(args)
     for field in dataclasses.fields(settings):  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .blobs import BlobStore
+    from helion_remote.blobs import BlobStore
 
 Status = Literal["ok", "error", "timeout", "accuracy_error", "infra_error"]
 STATUSES: tuple[str, ...] = ("ok", "error", "timeout", "accuracy_error", "infra_error")

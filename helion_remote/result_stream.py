@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable, Iterator, Sequence
 
-from .protocol import JobResult
+from helion_remote.protocol import JobResult
 
 
 class ResultStream(Iterator[JobResult]):

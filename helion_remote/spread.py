@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from .protocol import KernelSource, RetimeResult, RetimeTiming, usable_ms
+from helion_remote.protocol import KernelSource, RetimeResult, RetimeTiming, usable_ms
 
 SPREAD_ANCHORS = 3
 """Kernels every worker times, to put all workers on one scale."""

@@ -9,11 +9,11 @@ import textwrap
 import pytest
 
 import helion_remote
-from helion_remote import _helion_compat as compat
-from helion_remote.adapter import remote_mode
+from helion_remote.coordinator import _helion_compat as compat
+from helion_remote.coordinator.adapter import remote_mode
 from helion_remote.backends.fake import FakeExecutor
-from helion_remote.provider import RemoteContext, bind_provider
-from helion_remote.stats import RunStats
+from helion_remote.coordinator.provider import RemoteContext, bind_provider
+from helion_remote.coordinator.stats import RunStats
 
 from kernels import matmul, matmul_args
 
@@ -111,7 +111,7 @@ def test_kernel_in_main_ships_its_module_under_a_content_name(tmp_path) -> None:
     check = textwrap.dedent(
         """
         if __name__ == "__main__":
-            from helion_remote.codegen import kernel_source
+            from helion_remote.coordinator.codegen import kernel_source
             b = scaled_add.bind((torch.randn(8, 8), torch.randn(8, 8)))
             src = kernel_source(b, b.config_spec.default_config())
             assert "import __main__" not in src.module_source, src.module_source

@@ -15,7 +15,7 @@ import pytest
 import helion
 import helion_remote
 from helion_remote.backends.fake import FakeExecutor, default_cost_model
-from helion_remote.codegen import config_to_dict
+from helion_remote.coordinator.codegen import config_to_dict
 
 from kernels import matmul, matmul_args
 

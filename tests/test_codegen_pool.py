@@ -9,8 +9,8 @@ import torch
 import helion_remote
 from helion.autotuner.config_generation import ConfigGeneration
 from helion_remote.backends.fake import FakeExecutor
-from helion_remote.codegen import kernel_source
-from helion_remote.codegen_pool import CodegenPool, start_codegen_pool
+from helion_remote.coordinator.codegen import kernel_source
+from helion_remote.coordinator.codegen_pool import CodegenPool, start_codegen_pool
 from helion_remote.kernel_copy import private_kernel
 
 from kernels import matmul, matmul_args, softmax, softmax_args

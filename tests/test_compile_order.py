@@ -9,7 +9,7 @@ import pytest
 import helion
 import helion_remote
 from helion_remote.backends.fake import FakeExecutor
-from helion_remote.compile_order import CompileCostModel, compile_seconds, config_features
+from helion_remote.coordinator.compile_order import CompileCostModel, compile_seconds, config_features
 
 from kernels import matmul, matmul_args
 

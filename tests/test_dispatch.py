@@ -6,9 +6,9 @@ import pytest
 
 from helion_remote.backends.fake import FakeExecutor, FaultRule
 from helion_remote.blobs import MemoryBlobStore
-from helion_remote.dispatch import InfraRetriesExhausted, growing_chunks, run_jobs
+from helion_remote.coordinator.dispatch import InfraRetriesExhausted, growing_chunks, run_jobs
 from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances
-from helion_remote.stats import RunStats
+from helion_remote.coordinator.stats import RunStats
 
 
 def test_growing_chunks_double_up_to_the_cap() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import helion_remote
 from helion_remote.backends.fake import FakeExecutor
-from helion_remote.stats import RunStats
+from helion_remote.coordinator.stats import RunStats
 
 REFERENCE = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
 

@@ -162,7 +162,7 @@ def test_unknown_names_list_valid_ones() -> None:
 
 
 def test_infra_retries_exhausted_is_an_error_not_a_config_failure() -> None:
-    from helion_remote.dispatch import InfraRetriesExhausted
+    from helion_remote.coordinator.dispatch import InfraRetriesExhausted
 
     executor = FakeExecutor(seed=1, faults=[FaultRule("transport_error", rate=1.0, attempts="all")])
     with pytest.raises(InfraRetriesExhausted, match="failed 4 times on infrastructure"):
@@ -183,7 +183,7 @@ def test_identical_generated_sources_are_measured_once_per_search() -> None:
     """Configs that generate a byte-identical module share one measurement."""
     from helion.autotuner.config_generation import ConfigGeneration
 
-    from helion_remote.codegen import kernel_source
+    from helion_remote.coordinator.codegen import kernel_source
 
     args = matmul_args()
     bound = matmul.bind(args)

@@ -233,7 +233,7 @@ def test_mixed_gpu_models_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path)
 
 
 def test_codegen_processes_suggested_per_8_cpus_for_gpu_pools_only(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from helion_remote.api import suggested_codegen_workers
+    from helion_remote.coordinator.api import suggested_codegen_workers
 
     monkeypatch.setattr(local_backend, "_visible_gpus", lambda devices: [(0, "NVIDIA H200", 140 << 30)])
     monkeypatch.setattr(local_backend, "start_worker_server", lambda wait=False: False)  # a pool never used
@@ -247,13 +247,13 @@ def test_codegen_processes_suggested_per_8_cpus_for_gpu_pools_only(monkeypatch: 
 
 
 def test_interpreter_pool_suggests_no_codegen_processes(executor: LocalExecutor) -> None:
-    from helion_remote.api import suggested_codegen_workers
+    from helion_remote.coordinator.api import suggested_codegen_workers
 
     assert executor.interpreter and suggested_codegen_workers(executor) == 0
 
 
 def test_a_bad_codegen_suggestion_is_named() -> None:
-    from helion_remote.api import suggested_codegen_workers
+    from helion_remote.coordinator.api import suggested_codegen_workers
 
     class Odd:
         def suggested_codegen_workers(self) -> object:

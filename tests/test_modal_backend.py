@@ -45,8 +45,8 @@ _CHILD = _start_child() if __name__ != "__main__" else None
 _IMPORT_CHECK = (
     subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, helion_remote, helion_remote.api, helion_remote.backends, helion_remote.backends.modal, "
-         "helion_remote.backends.modal_blobs, helion_remote.backends.modal_cost; "
+         "import sys, helion_remote, helion_remote.coordinator.api, helion_remote.backends, helion_remote.backends.modal, "
+         "helion_remote.backends.modal.blobs, helion_remote.backends.modal.cost; "
          "print('MODAL_IMPORTED' if 'modal' in sys.modules else 'MODAL_NOT_IMPORTED')"],
         cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -69,9 +69,9 @@ from helion_remote.backends.modal import (  # noqa: E402
     ModalSetupError,
     ModalVersionMismatch,
 )
-from helion_remote.backends.modal_blobs import MountedBlobStore, VolumeBlobStore, chunk_path, index_path  # noqa: E402
-from helion_remote.backends.modal_cost import PRICE_SOURCE, CostMeter  # noqa: E402
-from helion_remote.backends.modal_settings import ModalSettings, ModalSettingsError, pin_gpu  # noqa: E402
+from helion_remote.backends.modal.blobs import MountedBlobStore, VolumeBlobStore, chunk_path, index_path  # noqa: E402
+from helion_remote.backends.modal.cost import PRICE_SOURCE, CostMeter  # noqa: E402
+from helion_remote.backends.modal.settings import ModalSettings, ModalSettingsError, pin_gpu  # noqa: E402
 from helion_remote.blobs import BlobDigestMismatch, BlobNotFound  # noqa: E402
 from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances  # noqa: E402
 
@@ -140,7 +140,7 @@ def bind_real(api: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
 
 def check_calls_against_real_client(server: StandInModal) -> set[str]:
     """Bind every recorded call to the installed client's signature; method names to modal_app.Worker."""
-    from helion_remote.backends import modal_app
+    from helion_remote.backends.modal import app as modal_app
 
     user_cls = modal_app.Worker._get_user_cls()
     for api, args, kwargs in server.calls:
@@ -199,7 +199,7 @@ def test_registry_builds_the_modal_executor_from_kwargs(tmp_path: Path) -> None:
 
 
 def test_wire_round_trips_every_protocol_field() -> None:
-    from helion_remote.backends.modal_wire import job_from_dict, job_to_dict, spec_from_dict, spec_to_dict
+    from helion_remote.backends.modal.wire import job_from_dict, job_to_dict, spec_from_dict, spec_to_dict
     from helion_remote.protocol import SourceModule
 
     for field in dataclasses.fields(SessionSpec):  # a new field must be carried (or this test updated)
@@ -324,7 +324,7 @@ def test_missing_credentials_fail_before_any_modal_call(tmp_path: Path) -> None:
 
 
 def test_real_client_credentials_check_is_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from helion_remote.backends.modal_client import RealModalClient
+    from helion_remote.backends.modal.client import RealModalClient
 
     client = RealModalClient()
     monkeypatch.setattr(modal.config, "config", {"token_id": None, "token_secret": None})
@@ -436,7 +436,7 @@ def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import helion_remote.backends.modal as modal_backend
+    import helion_remote.backends.modal.executor as modal_backend
 
     monkeypatch.setattr(modal_backend, "BUDGET_POLL_S", 0.05)
     with slow_jobs_session(tmp_path, 30.0, max_containers=2) as (server, executor, session):
@@ -459,7 +459,7 @@ def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(
 
 def test_calls_still_queued_when_the_budget_is_spent_are_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Modal runs every call it was given: the budget must cancel the ones still out, not only refuse new ones."""
-    import helion_remote.backends.modal as modal_backend
+    import helion_remote.backends.modal.executor as modal_backend
 
     monkeypatch.setattr(modal_backend, "BUDGET_POLL_S", 0.02)
     server = StandInModal(tmp_path, slow_s=0.05, fault=lambda m, a: "slow" if m == "run_job" else None)
@@ -659,8 +659,8 @@ def test_dollar_budget_stops_new_jobs_and_search_ends_with_best_so_far(tmp_path:
 
 
 def test_app_definition_matches_the_installed_client() -> None:
-    from helion_remote.backends import modal_app
-    from helion_remote.backends.modal_worker import versions
+    from helion_remote.backends.modal import app as modal_app
+    from helion_remote.backends.modal.worker import versions
 
     inspect.signature(modal.App.cls).bind(modal_app.app, **modal_app.worker_options(modal_app.SETTINGS))
     assert modal_app.worker_options(ModalSettings(max_containers=7))["max_containers"] == 6
@@ -729,10 +729,10 @@ def test_real_helion_search_with_real_worker_runtime_in_standin(child: dict[str,
 def _child_main(out_path: str) -> None:  # pragma: no cover - runs in the subprocess
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import helion
-    from helion_remote.backends import modal_app
-    from helion_remote.backends.modal_wire import job_to_dict, kernel_to_dict, spec_to_dict
-    from helion_remote.backends.modal_worker import BLOB_ROOT_ENV, ContainerWorker
-    from helion_remote.codegen import kernel_source
+    from helion_remote.backends.modal import app as modal_app
+    from helion_remote.backends.modal.wire import job_to_dict, kernel_to_dict, spec_to_dict
+    from helion_remote.backends.modal.worker import BLOB_ROOT_ENV, ContainerWorker
+    from helion_remote.coordinator.codegen import kernel_source
 
     tmp = Path(tempfile.mkdtemp(prefix="modal-local-"))
     os.environ[BLOB_ROOT_ENV] = str(tmp)

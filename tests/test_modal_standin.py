@@ -60,7 +60,7 @@ class CostModelBody:
                 "device_uuid": f"GPU-{self.container_id}", "interpreter": False}
 
     def ping(self) -> dict[str, Any]:
-        from helion_remote.backends.modal_worker import versions
+        from helion_remote.backends.modal.worker import versions
 
         return {"versions": versions(), "worker": self._worker(), "container": self.stamp()}
 

@@ -243,7 +243,7 @@ def test_patch_points_exist_and_copied_functions_are_current() -> None:
 
 
 def test_a_vanished_helion_name_fails_naming_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    from helion_remote._helion_compat import HelionCompatError
+    from helion_remote.coordinator._helion_compat import HelionCompatError
     from helion_remote._versions import helion_version
 
     import helion.language.loops
@@ -254,7 +254,7 @@ def test_a_vanished_helion_name_fails_naming_the_version(monkeypatch: pytest.Mon
 
 
 def test_a_vanished_name_that_emulation_only_reads_fails_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    from helion_remote._helion_compat import HelionCompatError
+    from helion_remote.coordinator._helion_compat import HelionCompatError
 
     import helion.language.loops
 

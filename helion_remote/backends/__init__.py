@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..protocol import RemoteBenchmarkExecutor
+    from helion_remote.protocol import RemoteBenchmarkExecutor
 
 BACKENDS: dict[str, str] = {
     "fake": "helion_remote.backends.fake:FakeExecutor",

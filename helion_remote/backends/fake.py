@@ -45,9 +45,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Literal
 
-from ..blobs import BlobStore, MemoryBlobStore
-from ..spread import spread_groups, spread_retime
-from ..protocol import (
+from helion_remote.blobs import BlobStore, MemoryBlobStore
+from helion_remote.spread import spread_groups, spread_retime
+from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,

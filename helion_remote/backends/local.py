@@ -30,11 +30,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..blobs import BlobStore, DirectoryBlobStore, default_cache_dir
-from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
-from ..result_stream import ResultStream
-from ..spread import spread_groups, spread_retime
-from ..worker.process import WorkerHandle, WorkerSpec, start_worker_server
+from helion_remote.blobs import BlobStore, DirectoryBlobStore, default_cache_dir
+from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
+from helion_remote.result_stream import ResultStream
+from helion_remote.spread import spread_groups, spread_retime
+from helion_remote.worker.process import WorkerHandle, WorkerSpec, start_worker_server
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class LocalExecutor:
         if not self._compilers:
             return 0
         try:
-            from ..argcodec import load_manifest
+            from helion_remote.argcodec import load_manifest
 
             doc = load_manifest(self._blob_store.get(spec.args_digest))
             args_bytes = sum(int(ref["nbytes"]) for ref in doc["storages"])
@@ -409,7 +409,7 @@ class _LocalSession:
 
 
 def _compile_result(job: BenchmarkJob, outcome: object, handle: WorkerHandle) -> JobResult:
-    from ..worker.runtime import CompileOutcome
+    from helion_remote.worker.runtime import CompileOutcome
 
     assert isinstance(outcome, CompileOutcome)
     info = handle._info or WorkerInfo(handle.worker_id, "")

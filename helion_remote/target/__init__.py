@@ -56,11 +56,11 @@ probe reports from real CUDA tensors and compares them with the emulated ones
 
 from __future__ import annotations
 
-from .capture import CaptureError, capture_profile
-from .drift import TargetDriftError, check_drift, config_space_report, differing_fields, space_report
-from .emulate import Emulation, EmulationError, active_profile, emulate_target, stand_in_args
-from .profile import ProfileError, TargetProfile, builtin_names, load_profile
-from .validate import compare_reports, emulated_probe_reports, worker_probe_reports
+from helion_remote.target.capture import CaptureError, capture_profile
+from helion_remote.target.drift import TargetDriftError, check_drift, config_space_report, differing_fields, space_report
+from helion_remote.target.emulate import Emulation, EmulationError, active_profile, emulate_target, stand_in_args
+from helion_remote.target.profile import ProfileError, TargetProfile, builtin_names, load_profile
+from helion_remote.target.validate import compare_reports, emulated_probe_reports, worker_probe_reports
 
 __all__ = [
     "CaptureError",

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .profile import COMPAT_PREDICATES, TargetProfile, dtype_key
+from helion_remote.target.profile import COMPAT_PREDICATES, TargetProfile, dtype_key
 
 MIN_DOT_DTYPES: tuple[torch.dtype, ...] = tuple(
     d

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._versions import helion_version
-from ..protocol import SourceModule
+from helion_remote._versions import helion_version
+from helion_remote.protocol import SourceModule
 
 REPORT_VERSION = 1
 
@@ -108,7 +108,7 @@ def space_report(bound: Any) -> dict[str, Any]:
 
 def _device_label(device: Any) -> str:
     """What the report was measured on: the emulated target or the real GPU."""
-    from .emulate import active_profile
+    from helion_remote.target.emulate import active_profile
 
     profile = active_profile()
     if profile is not None:
@@ -144,7 +144,7 @@ def load_private_kernel(
     work_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """The shipped kernel (``module.attr``) as a private copy with the coordinator's settings."""
-    from ..kernel_copy import private_kernel
+    from helion_remote.kernel_copy import private_kernel
 
     kernel: Any = load_source_module(kernel_module, work_dir)
     for part in kernel_attr.split("."):
@@ -156,7 +156,7 @@ def load_source_module(kernel_module: SourceModule, work_dir: str | os.PathLike[
     """Import a shipped module from a content-addressed file (Triton needs real files)."""
     import sys
 
-    from ..worker.modules import register_source_module, write_once
+    from helion_remote.worker.modules import register_source_module, write_once
 
     root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir()) / f"helion_remote_modules-{os.getuid()}"
     path = write_once(root / kernel_module.digest / f"{kernel_module.name}.py", kernel_module.source)

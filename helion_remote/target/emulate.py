@@ -32,8 +32,8 @@ from unittest import mock
 import torch
 from torch.utils._pytree import tree_map
 
-from . import patches
-from .profile import TargetProfile, dtype_key, load_profile
+from helion_remote.target import patches
+from helion_remote.target.profile import TargetProfile, dtype_key, load_profile
 
 _LOCK = threading.RLock()
 _ACTIVE: list[TargetProfile] = []
@@ -353,7 +353,7 @@ def emulate_target(profile: TargetProfile | str | os.PathLike[str]) -> Iterator[
 
 def _warn_on_version_skew(profile: TargetProfile) -> None:
     """The space is built by *this* Helion; a worker on another one searches another space."""
-    from .._versions import helion_version
+    from helion_remote._versions import helion_version
 
     local = helion_version()
     if profile.helion_version and local != "unknown" and profile.helion_version != local:

@@ -30,8 +30,8 @@ import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
-from .._helion_compat import HelionCompatError
-from .._versions import helion_version, missing_helion_name
+from helion_remote.coordinator._helion_compat import HelionCompatError
+from helion_remote._versions import helion_version, missing_helion_name
 
 
 @dataclasses.dataclass(frozen=True)

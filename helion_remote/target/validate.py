@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..protocol import SourceModule
-from . import probe_kernels
-from .drift import TargetDriftError, check_drift, config_space_report
-from .emulate import emulate_target, stand_in_args
-from .profile import TargetProfile, load_profile
+from helion_remote.protocol import SourceModule
+from helion_remote.target import probe_kernels
+from helion_remote.target.drift import TargetDriftError, check_drift, config_space_report
+from helion_remote.target.emulate import emulate_target, stand_in_args
+from helion_remote.target.profile import TargetProfile, load_profile
 
 PROBE_MODULE_NAME = "_helion_remote_probe_kernels"
 

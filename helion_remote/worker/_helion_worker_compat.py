@@ -10,7 +10,7 @@ checked in helion 1.5.0 and 1.5.1.
 
 from __future__ import annotations
 
-from .._versions import SUPPORTED_HELION, helion_version, missing_helion_name
+from helion_remote._versions import SUPPORTED_HELION, helion_version, missing_helion_name
 
 
 class HelionWorkerCompatError(ImportError):

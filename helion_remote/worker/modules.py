@@ -16,7 +16,7 @@ import sys
 import types
 from pathlib import Path
 
-from ..protocol import SourceModule
+from helion_remote.protocol import SourceModule
 
 _DIGEST_ATTR = "__helion_remote_digest__"
 

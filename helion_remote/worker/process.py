@@ -30,8 +30,8 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from ..environ import adopt_environ, patched_environ
-from ..protocol import (
+from helion_remote.environ import adopt_environ, patched_environ
+from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,
@@ -43,8 +43,8 @@ from ..protocol import (
 )
 
 if TYPE_CHECKING:
-    from ..blobs import BlobStore
-    from .runtime import CompileOutcome, SessionSummary
+    from helion_remote.blobs import BlobStore
+    from helion_remote.worker.runtime import CompileOutcome, SessionSummary
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _child_main(conn: Connection, spec: WorkerSpec, environ: dict[str, str] | No
         with contextlib.suppress(OSError):
             os.nice(spec.nice)
     os.environ.update(child_environment(spec))
-    from .runtime import ModuleConflictError, WorkerRuntime
+    from helion_remote.worker.runtime import ModuleConflictError, WorkerRuntime
 
     try:
         runtime = WorkerRuntime(spec.worker_id, spec.blob_store, spec.work_dir)
@@ -428,7 +428,7 @@ class WorkerHandle:
                 return self._failed(job, "infra_error", started, f"{type(error).__name__}: {error}", compile_time_s)
 
     def compile(self, session: SessionSpec, job: BenchmarkJob) -> CompileOutcome:
-        from .runtime import CompileOutcome
+        from helion_remote.worker.runtime import CompileOutcome
 
         limit = job.compile_timeout_s + self.spec.timeout_margin_s
         start = time.perf_counter()

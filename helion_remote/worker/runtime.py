@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..argcodec import download_args
-from ..protocol import (
+from helion_remote.argcodec import download_args
+from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,
@@ -40,12 +40,12 @@ from ..protocol import (
     Status,
     WorkerInfo,
 )
-from . import _helion_worker_compat as hc
-from .interpreter import install_interpreter_num_sm, interpreter_mode
-from .modules import JobLoadError, ModuleConflictError, register_source_module, write_once
+from helion_remote.worker import _helion_worker_compat as hc
+from helion_remote.worker.interpreter import install_interpreter_num_sm, interpreter_mode
+from helion_remote.worker.modules import JobLoadError, ModuleConflictError, register_source_module, write_once
 
 if TYPE_CHECKING:
-    from ..blobs import BlobStore
+    from helion_remote.blobs import BlobStore
 
 CPU_MAX_REPS_ENV = "HELION_REMOTE_CPU_MAX_REPS"
 CPU_MAX_REPS_DEFAULT = 5
@@ -127,7 +127,7 @@ class WorkerRuntime:
         self.interpreter = interpreter_mode()
         if self.interpreter:
             # Must run before any generated module is imported (libdevice calls).
-            from .interpreter_libdevice import install_interpreter_libdevice
+            from helion_remote.worker.interpreter_libdevice import install_interpreter_libdevice
 
             install_interpreter_libdevice()
             install_interpreter_num_sm()
@@ -181,7 +181,7 @@ class WorkerRuntime:
         """Bind the user's kernel on the real arguments and report its config space."""
         if spec.kernel_definition is None or spec.kernel_attr is None:
             return None
-        from ..target import config_space_report
+        from helion_remote.target import config_space_report
 
         try:
             return config_space_report(spec.kernel_definition, spec.kernel_attr, args,
@@ -193,7 +193,7 @@ class WorkerRuntime:
         """This worker's device as a TargetProfile dict (None under the interpreter)."""
         if self.interpreter:
             return None
-        from ..target import capture_profile
+        from helion_remote.target import capture_profile
 
         return capture_profile(self.device).to_dict()
 

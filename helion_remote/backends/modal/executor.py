@@ -56,14 +56,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
-from ..result_stream import ResultStream
-from .modal_blobs import DEFAULT_CHUNK_BYTES, VolumeBlobStore
-from .modal_client import ModalClient, RealModalClient
-from .modal_cost import CostMeter, CostReport
-from .modal_settings import BLOB_MOUNT, WORKER_CLS_NAME, ModalSettings
-from ..spread import spread_groups, spread_retime
-from .modal_wire import job_to_dict, kernel_to_dict, result_from_dict, retime_from_dict, spec_to_dict
+from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
+from helion_remote.result_stream import ResultStream
+from helion_remote.backends.modal.blobs import DEFAULT_CHUNK_BYTES, VolumeBlobStore
+from helion_remote.backends.modal.client import ModalClient, RealModalClient
+from helion_remote.backends.modal.cost import CostMeter, CostReport
+from helion_remote.backends.modal.settings import BLOB_MOUNT, WORKER_CLS_NAME, ModalSettings
+from helion_remote.spread import spread_groups, spread_retime
+from helion_remote.backends.modal.wire import job_to_dict, kernel_to_dict, result_from_dict, retime_from_dict, spec_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ModalSessionError(RuntimeError):
 
 
 def _local_versions() -> dict[str, str]:
-    from .modal_worker import versions
+    from helion_remote.backends.modal.worker import versions
 
     return versions()
 
@@ -194,7 +194,7 @@ class ModalExecutor:
                 if mode == "deployed":
                     raise ModalNotDeployed(
                         f"Modal {where} is not deployed ({error}); deploy it with `helion-remote modal deploy` "
-                        "(or `modal deploy -m helion_remote.backends.modal_app`), or use mode='auto'."
+                        "(or `modal deploy -m helion_remote.backends.modal.app`), or use mode='auto'."
                     ) from error
                 self._say(f"{where} is not deployed; running an ephemeral app instead "
                           "(the first run builds the image, which takes minutes; `helion-remote modal deploy` avoids it)")

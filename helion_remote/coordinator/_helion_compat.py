@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ._versions import SUPPORTED_HELION, helion_version, missing_helion_name
+from helion_remote._versions import SUPPORTED_HELION, helion_version, missing_helion_name
 
 
 class HelionCompatError(ImportError):

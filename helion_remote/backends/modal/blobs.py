@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..blobs import BlobDigestMismatch, BlobNotFound, Buffer, PutResult, _Counters, check_digest, verify
+from helion_remote.blobs import BlobDigestMismatch, BlobNotFound, Buffer, PutResult, _Counters, check_digest, verify
 
 INDEX_FORMAT = "helion-remote-volume-blob/1"
 DEFAULT_CHUNK_BYTES = 64 << 20

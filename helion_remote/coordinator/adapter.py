@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from unittest import mock
 
-from . import _helion_compat as compat
-from .provider import RemoteBenchmarkProvider
-from .environ import patched_environ
+from helion_remote.coordinator import _helion_compat as compat
+from helion_remote.coordinator.provider import RemoteBenchmarkProvider
+from helion_remote.environ import patched_environ
 
 _RUN_LOCK = threading.RLock()
 LLM_ALGORITHMS = ("LLMGuidedSearch", "LLMSeededSearch", "LLMSeededLFBOTreeSearch")

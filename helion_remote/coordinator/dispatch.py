@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
-from .protocol import BenchmarkJob, JobResult, RemoteSession
-from .stats import RunStats
+from helion_remote.protocol import BenchmarkJob, JobResult, RemoteSession
+from helion_remote.coordinator.stats import RunStats
 
 T = TypeVar("T")
 

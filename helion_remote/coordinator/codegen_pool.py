@@ -27,8 +27,8 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .codegen import config_to_dict, kernel_source
-from .protocol import KernelSource, SourceModule
+from helion_remote.coordinator.codegen import config_to_dict, kernel_source
+from helion_remote.protocol import KernelSource, SourceModule
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class CodegenSpec:
 
 
 def _child(conn: Connection, spec: CodegenSpec, environ: dict[str, str]) -> None:
-    from .environ import adopt_environ
+    from helion_remote.environ import adopt_environ
 
     adopt_environ(environ)
     try:
@@ -86,14 +86,14 @@ def _bind(spec: CodegenSpec) -> Any:
 
     import helion
 
-    from .argcodec import download_args
-    from .blobs import DirectoryBlobStore
-    from .target.drift import load_private_kernel
+    from helion_remote.argcodec import download_args
+    from helion_remote.blobs import DirectoryBlobStore
+    from helion_remote.target.drift import load_private_kernel
 
     private = load_private_kernel(spec.definition, spec.kernel_attr, dict(spec.settings))
     stack = contextlib.ExitStack()  # kept open for the process's life, as the coordinator does
     if spec.profile is not None:
-        from .target import TargetProfile, emulate_target, stand_in_args
+        from helion_remote.target import TargetProfile, emulate_target, stand_in_args
 
         args = download_args(DirectoryBlobStore(spec.store_root), spec.args_digest, device="cpu")
         stack.enter_context(emulate_target(TargetProfile.from_dict(spec.profile)))
@@ -113,7 +113,7 @@ class _Member:
     """One pool process and the pipe to it."""
 
     def __init__(self, spec: CodegenSpec, method: str) -> None:
-        from .worker.process import _SPAWN_ENV_LOCK, _main_module_hidden, start_worker_server
+        from helion_remote.worker.process import _SPAWN_ENV_LOCK, _main_module_hidden, start_worker_server
 
         if method == "forkserver":
             start_worker_server()  # the GPU workers' server: torch and Helion already imported
@@ -286,9 +286,9 @@ def start_codegen_pool(
     """A pool for ``bound`` (``kernel`` bound as the coordinator did), or None when the
     kernel's module cannot be shipped (no readable source: a warning if the caller
     ``asked`` for the pool, a debug line when it was only the backend's suggestion)."""
-    from .argcodec import upload_args
-    from .blobs import DirectoryBlobStore
-    from .codegen import kernel_definition
+    from helion_remote.argcodec import upload_args
+    from helion_remote.blobs import DirectoryBlobStore
+    from helion_remote.coordinator.codegen import kernel_definition
 
     definition = kernel_definition(kernel)
     if definition is None:
@@ -307,7 +307,7 @@ def start_codegen_pool(
 
 def _start_methods() -> list[str]:
     """Fork from the GPU workers' preloaded server when it is in use (sub-second start), else spawn."""
-    from .worker.process import _forkserver_wanted
+    from helion_remote.worker.process import _forkserver_wanted
 
     return ["forkserver", "spawn"] if _forkserver_wanted() else ["spawn"]
 

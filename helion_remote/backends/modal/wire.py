@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from ..protocol import (
+from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,

@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _helion_compat as compat
-from .codegen import config_to_dict, kernel_source
-from .compile_order import CompileCostModel, compile_seconds
-from .dispatch import growing_chunks, run_jobs
-from .protocol import (
+from helion_remote.coordinator import _helion_compat as compat
+from helion_remote.coordinator.codegen import config_to_dict, kernel_source
+from helion_remote.coordinator.compile_order import CompileCostModel, compile_seconds
+from helion_remote.coordinator.dispatch import growing_chunks, run_jobs
+from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,
@@ -34,8 +34,8 @@ from .protocol import (
     Tolerances,
     usable_ms,
 )
-from .spread import WorkerScales
-from .stats import RunStats
+from helion_remote.spread import WorkerScales
+from helion_remote.coordinator.stats import RunStats
 
 _STATUS_TO_HELION = {"ok": "ok", "error": "error", "timeout": "timeout", "accuracy_error": "accuracy_error"}
 
@@ -78,7 +78,7 @@ class RemoteContext:
     settings: tuple[tuple[str, object], ...] = ()
     progress: Callable[..., None] | None = None
     codegen_pool: Any = None
-    """A :class:`~helion_remote.codegen_pool.CodegenPool` generating code in parallel, or None."""
+    """A :class:`~helion_remote.coordinator.codegen_pool.CodegenPool` generating code in parallel, or None."""
     deduplicate_sources: bool = True
     """Configs whose generated module is byte-identical are measured once per session."""
     compile_cost: CompileCostModel | None = dataclasses.field(default_factory=CompileCostModel)
@@ -184,7 +184,7 @@ class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
                 f"the worker could not bind the kernel on the real arguments to check the target "
                 f"({worker_report['error']}); the search was not started"
             )
-        from .target import check_drift
+        from helion_remote.target import check_drift
 
         try:
             check_drift(ctx.space_report, worker_report)

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..protocol import JobResult
-from ..worker.runtime import BaselineError, JobLoadError, ModuleConflictError, SessionSummary, WorkerRuntime
-from .modal_blobs import MountedBlobStore
-from .modal_settings import BLOB_MOUNT
-from .modal_wire import WIRE_VERSION, job_from_dict, kernel_from_dict, retime_to_dict, spec_from_dict
+from helion_remote.protocol import JobResult
+from helion_remote.worker.runtime import BaselineError, JobLoadError, ModuleConflictError, SessionSummary, WorkerRuntime
+from helion_remote.backends.modal.blobs import MountedBlobStore
+from helion_remote.backends.modal.settings import BLOB_MOUNT
+from helion_remote.backends.modal.wire import WIRE_VERSION, job_from_dict, kernel_from_dict, retime_to_dict, spec_from_dict
 
 BLOB_ROOT_ENV = "HELION_REMOTE_MODAL_BLOB_ROOT"
 """Overrides where the worker reads blobs (tests point it at a directory)."""
@@ -36,8 +36,8 @@ Payload = dict[str, Any]
 
 
 _WORKER_CODE = ("protocol.py", "argcodec.py", "blobs.py", "worker/*.py", "target/*.py", "profiles/*.json",
-                "backends/modal_worker.py", "backends/modal_wire.py", "backends/modal_blobs.py",
-                "backends/modal_settings.py")
+                "backends/modal/worker.py", "backends/modal/wire.py", "backends/modal/blobs.py",
+                "backends/modal/settings.py")
 """What runs in the container (coordinator-only modules such as the search adapter are left out)."""
 
 

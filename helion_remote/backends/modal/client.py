@@ -64,7 +64,7 @@ class RealModalClient:
 
     @contextlib.contextmanager
     def ephemeral_worker(self, *, environment_name: str | None) -> Iterator[Any]:
-        from . import modal_app
+        from helion_remote.backends.modal import app as modal_app
 
         with modal_app.app.run(environment_name=environment_name):
             yield modal_app.Worker

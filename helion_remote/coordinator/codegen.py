@@ -15,8 +15,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from . import _helion_compat as compat
-from .protocol import KernelSource, SourceModule, sha256_hex
+from helion_remote.coordinator import _helion_compat as compat
+from helion_remote.protocol import KernelSource, SourceModule, sha256_hex
 
 _INSTALLED_ROOTS = tuple(
     str(Path(p).resolve())

@@ -12,16 +12,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import _helion_compat  # noqa: F401 - import-time check of the Helion names used
-from .adapter import remote_mode, resolve_algorithm, search_factory
-from .argcodec import upload_args
-from .backends import create_executor, resolve_backend_name
-from .codegen import kernel_definition, kernel_source
-from .kernel_copy import private_kernel
-from .progress import ProgressLine
-from .protocol import RemoteBenchmarkExecutor
-from .provider import RemoteContext, bind_provider
-from .stats import RunStats
+from helion_remote.coordinator import _helion_compat  # noqa: F401 - import-time check of the Helion names used
+from helion_remote.coordinator.adapter import remote_mode, resolve_algorithm, search_factory
+from helion_remote.argcodec import upload_args
+from helion_remote.backends import create_executor, resolve_backend_name
+from helion_remote.coordinator.codegen import kernel_definition, kernel_source
+from helion_remote.kernel_copy import private_kernel
+from helion_remote.coordinator.progress import ProgressLine
+from helion_remote.protocol import RemoteBenchmarkExecutor
+from helion_remote.coordinator.provider import RemoteContext, bind_provider
+from helion_remote.coordinator.stats import RunStats
 
 from helion.autotuner.base_cache import AutotuneCacheBase, CacheKeyBase
 
@@ -141,7 +141,7 @@ def resolve_target(target: Any, executor: RemoteBenchmarkExecutor, args: Sequenc
     the backend for its workers' profile (``"auto"``), which is None for
     backends without GPUs (fake, interpreter).
     """
-    from .target import TargetProfile, load_profile
+    from helion_remote.target import TargetProfile, load_profile
 
     if isinstance(target, TargetProfile):
         return target
@@ -247,7 +247,7 @@ def autotune(
     with contextlib.ExitStack() as stack:
         search_args: tuple[object, ...] = args
         if profile is not None:
-            from .target import emulate_target, space_report, stand_in_args
+            from helion_remote.target import emulate_target, space_report, stand_in_args
 
             # Open before the bind and keep open through the last codegen:
             # Helion queries the device lazily, per config.
@@ -262,7 +262,7 @@ def autotune(
                 context.kernel_definition, context.kernel_attr = definition
                 context.settings = tuple(sorted(overrides.items()))
         if codegen_workers and bound.settings.autotune_effort != "none":
-            from .codegen_pool import start_codegen_pool
+            from helion_remote.coordinator.codegen_pool import start_codegen_pool
 
             context.codegen_pool = start_codegen_pool(kernel, bound, args, overrides, profile, codegen_workers,
                                                       asked=codegen_asked)
