@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from helion_remote.errors import ConfigurationError
 from helion_remote.blobs import BlobStore, Buffer, PutResult, check_digest
 
 FORMAT = "helion-remote-args/1"
@@ -32,7 +33,7 @@ SUPPORTED_TYPES = (
 JsonNode = dict[str, Any]
 
 
-class UnsupportedArgumentError(TypeError):
+class UnsupportedArgumentError(ConfigurationError, TypeError):
     """An argument the codec cannot ship; names where in the tree it is."""
 
     def __init__(self, path: str, value: object, reason: str = "") -> None:
@@ -45,7 +46,7 @@ class UnsupportedArgumentError(TypeError):
         )
 
 
-class ArgsFormatError(ValueError):
+class ArgsFormatError(ConfigurationError):
     """A blob that is not an args manifest this version understands."""
 
 

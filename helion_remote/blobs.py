@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from helion_remote import errors
+
 Buffer = bytes | bytearray | memoryview
 """What ``put`` accepts: bytes-likes let callers hand over views without a copy."""
 
@@ -25,7 +27,7 @@ CACHE_DIR_ENV = "HELION_REMOTE_CACHE_DIR"
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
-class BlobStoreError(Exception):
+class BlobStoreError(errors.BlobStoreError):
     """Base class for blob store failures."""
 
 

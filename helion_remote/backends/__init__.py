@@ -10,6 +10,8 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
+from helion_remote.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from helion_remote.protocol import RemoteBenchmarkExecutor
 
@@ -22,7 +24,7 @@ DEFAULT_BACKEND = "local"
 BACKEND_ENV = "HELION_REMOTE_BACKEND"
 
 
-class UnknownBackendError(ValueError):
+class UnknownBackendError(ConfigurationError):
     pass
 
 

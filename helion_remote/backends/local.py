@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from helion_remote.errors import BackendUnavailableError
 from helion_remote.blobs import BlobStore, DirectoryBlobStore, default_cache_dir
 from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
 from helion_remote.result_stream import ResultStream
@@ -49,7 +50,7 @@ _COMPILE_NICE = 10
 """Compile workers run niced: the device workers (and the coordinator) are the critical path."""
 
 
-class MixedDevicesError(RuntimeError):
+class MixedDevicesError(BackendUnavailableError):
     """The visible GPUs are not all one model: their timings would not compare."""
 
 

@@ -15,10 +15,11 @@ import inspect
 from typing import Any
 
 from helion_remote._versions import SUPPORTED_HELION, helion_version, missing_helion_name
+from helion_remote.errors import CompatError
 
 
-class HelionCompatError(ImportError):
-    pass
+class HelionCompatError(CompatError):
+    """The installed Helion lacks a private name the coordinator relies on."""
 
 
 def _fail(what: str) -> HelionCompatError:
@@ -60,6 +61,8 @@ def _self_check() -> None:
             raise _fail(f"BenchmarkResult.{field}")
     from helion.autotuner.config_spec import ConfigSpec
 
+    if "_benchmark_provider_cls" not in inspect.getsource(BaseSearch.__init__):
+        raise _fail("BaseSearch._benchmark_provider_cls (set in BaseSearch.__init__)")
     for method in ("autotune_reference_config", "default_config"):
         if not hasattr(ConfigSpec, method):
             raise _fail(f"ConfigSpec.{method}")
@@ -71,6 +74,12 @@ _self_check()
 def provider_default_patch_target() -> tuple[Any, str]:
     """``BaseSearch.__init__.__defaults__``: patched so nested searches use our provider."""
     return BaseSearch.__init__, "__defaults__"
+
+
+def use_benchmark_provider(autotuner: Any, provider_cls: type) -> None:
+    """Make a search Helion already built measure through ``provider_cls`` (its private
+    ``_benchmark_provider_cls``, read when the search creates its provider)."""
+    autotuner._benchmark_provider_cls = provider_cls
 
 
 def reference_config(config_spec: Any) -> Any:
@@ -107,4 +116,5 @@ __all__ = [
     "provider_default_patch_target",
     "reference_config",
     "source_module_names",
+    "use_benchmark_provider",
 ]

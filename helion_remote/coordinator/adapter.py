@@ -22,12 +22,13 @@ from unittest import mock
 from helion_remote.coordinator import _helion_compat as compat
 from helion_remote.coordinator.provider import RemoteBenchmarkProvider
 from helion_remote.environ import patched_environ
+from helion_remote.errors import ConfigurationError
 
 _RUN_LOCK = threading.RLock()
 LLM_ALGORITHMS = ("LLMGuidedSearch", "LLMSeededSearch", "LLMSeededLFBOTreeSearch")
 
 
-class UnknownAlgorithmError(ValueError):
+class UnknownAlgorithmError(ConfigurationError):
     pass
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from helion_remote.coordinator import _helion_compat  # noqa: F401 - import-time check of the Helion names used
+from helion_remote.coordinator import _helion_compat
 from helion_remote.coordinator.adapter import remote_mode, resolve_algorithm, search_factory
 from helion_remote.argcodec import upload_args
 from helion_remote.backends import create_executor, resolve_backend_name
@@ -66,7 +66,7 @@ class RemoteAutotuneCache(AutotuneCacheBase):
         super().__init__(autotuner, autotuner_factory=autotuner_factory)
         self.context = context
         self.provider_cls = bind_provider(context)
-        autotuner._benchmark_provider_cls = self.provider_cls
+        _helion_compat.use_benchmark_provider(autotuner, self.provider_cls)
         self.selected: Any = None
 
     def autotune(self, *, skip_cache: bool = False) -> Any:

@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
+from helion_remote.errors import SearchError
 from helion_remote.protocol import BenchmarkJob, JobResult, RemoteSession
 from helion_remote.coordinator.stats import RunStats
 
 T = TypeVar("T")
 
 
-class InfraRetriesExhausted(RuntimeError):
+class InfraRetriesExhausted(SearchError):
     """A job kept failing for reasons that are not the kernel's fault."""
 
 

@@ -23,6 +23,7 @@ from helion_remote.coordinator import _helion_compat as compat
 from helion_remote.coordinator.codegen import config_to_dict, kernel_source
 from helion_remote.coordinator.compile_order import CompileCostModel, compile_seconds
 from helion_remote.coordinator.dispatch import growing_chunks, run_jobs
+from helion_remote.errors import SearchError
 from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
@@ -40,7 +41,7 @@ from helion_remote.coordinator.stats import RunStats
 _STATUS_TO_HELION = {"ok": "ok", "error": "error", "timeout": "timeout", "accuracy_error": "accuracy_error"}
 
 
-class RemoteFatalKernelError(RuntimeError):
+class RemoteFatalKernelError(SearchError):
     """A worker classified a failure as fatal for the search (Helion's ``raise``)."""
 
 

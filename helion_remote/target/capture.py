@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from helion_remote.errors import WorkerError
 from helion_remote.target.profile import COMPAT_PREDICATES, TargetProfile, dtype_key
 
 MIN_DOT_DTYPES: tuple[torch.dtype, ...] = tuple(
@@ -35,7 +36,7 @@ MIN_DOT_DTYPES: tuple[torch.dtype, ...] = tuple(
 """Dtype pairs whose minimum dot size is captured; other pairs fall back by bit width."""
 
 
-class CaptureError(RuntimeError):
+class CaptureError(WorkerError):
     """The process cannot describe a GPU target (no CUDA device)."""
 
 

@@ -21,13 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from helion_remote.errors import SearchError
 from helion_remote._versions import helion_version
 from helion_remote.protocol import SourceModule
 
 REPORT_VERSION = 1
 
 
-class TargetDriftError(RuntimeError):
+class TargetDriftError(SearchError):
     """The coordinator's (emulated) config space is not the worker's."""
 
     def __init__(self, message: str, *, coordinator: str, worker: str, fields: Sequence[str]) -> None:

@@ -32,6 +32,7 @@ from unittest import mock
 import torch
 from torch.utils._pytree import tree_map
 
+from helion_remote.errors import HelionRemoteError
 from helion_remote.target import patches
 from helion_remote.target.profile import TargetProfile, dtype_key, load_profile
 
@@ -40,7 +41,7 @@ _ACTIVE: list[TargetProfile] = []
 _LEAK_GUARD_MODULES = ("helion._compat", "helion._hardware", "helion._compiler.triton.backend")
 
 
-class EmulationError(RuntimeError):
+class EmulationError(HelionRemoteError, RuntimeError):
     """Emulation was asked for something it cannot do faithfully."""
 
 

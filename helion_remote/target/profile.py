@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from helion_remote.errors import ConfigurationError
+
 SCHEMA_VERSION = 1
 PROFILES_PACKAGE = "helion_remote.profiles"
 _METADATA_FIELDS = frozenset({"name", "captured", "source"})
@@ -41,7 +43,7 @@ COMPAT_PREDICATES: tuple[str, ...] = (
 """Helion ``_compat`` predicates, captured by value on the worker."""
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigurationError):
     """A profile file or name that cannot be used."""
 
 

@@ -10,10 +10,11 @@ checked in helion 1.5.0 and 1.5.1.
 
 from __future__ import annotations
 
+from helion_remote.errors import CompatError
 from helion_remote._versions import SUPPORTED_HELION, helion_version, missing_helion_name
 
 
-class HelionWorkerCompatError(ImportError):
+class HelionWorkerCompatError(CompatError):
     pass
 
 

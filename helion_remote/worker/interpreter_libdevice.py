@@ -51,6 +51,8 @@ from typing import Any
 import triton
 import triton.language as tl
 
+from helion_remote.errors import HelionRemoteError
+
 __all__ = [
     "SUPPORTED_FUNCTIONS",
     "UnsupportedInterpreterMath",
@@ -74,7 +76,7 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUTHY
 
 
-class UnsupportedInterpreterMath(NotImplementedError):
+class UnsupportedInterpreterMath(HelionRemoteError, NotImplementedError):
     """A libdevice function the interpreter shim does not implement was called.
 
     Raised instead of letting the stub return ``None``, which would surface as

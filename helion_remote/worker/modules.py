@@ -16,16 +16,17 @@ import sys
 import types
 from pathlib import Path
 
+from helion_remote.errors import WorkerError
 from helion_remote.protocol import SourceModule
 
 _DIGEST_ATTR = "__helion_remote_digest__"
 
 
-class ModuleConflictError(RuntimeError):
+class ModuleConflictError(WorkerError):
     """A shipped module's name is taken by different code: the process must be replaced."""
 
 
-class JobLoadError(RuntimeError):
+class JobLoadError(WorkerError):
     """The worker could not stage the job (blob, disk): not the kernel's fault."""
 
 

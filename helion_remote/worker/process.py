@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from helion_remote import errors
+from helion_remote.errors import WorkerError
 from helion_remote.environ import adopt_environ, patched_environ
 from helion_remote.protocol import (
     BenchmarkJob,
@@ -131,19 +133,19 @@ def start_worker_server(*, wait: bool = False) -> bool:
     return True
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(WorkerError):
     """The process exited (or broke the pipe) while serving a request."""
 
 
-class WorkerTimedOut(RuntimeError):
+class WorkerTimedOut(WorkerError):
     """A request ran past its limit; the process was killed and replaced."""
 
 
-class SessionOpenError(RuntimeError):
+class SessionOpenError(errors.SessionOpenError):
     """The session could not be opened on this worker (arguments, reference kernel)."""
 
 
-class _ModuleConflict(RuntimeError):
+class _ModuleConflict(WorkerError):
     """The child needs a fresh process to load this job's shipped modules."""
 
 
@@ -477,7 +479,7 @@ class WorkerHandle:
         return RetimeResult(timings, self.worker_id, info.device_name, info.device_uuid)
 
 
-class RemoteRequestError(RuntimeError):
+class RemoteRequestError(WorkerError):
     """The child raised while serving a request (not a kernel fault: those are results)."""
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from helion_remote.errors import SessionOpenError
 from helion_remote.argcodec import download_args
 from helion_remote.protocol import (
     BenchmarkJob,
@@ -55,7 +56,7 @@ LOADED_CACHE_SIZE = 32
 _MAX_MESSAGE = 4000
 
 
-class BaselineError(RuntimeError):
+class BaselineError(SessionOpenError):
     """The reference kernel failed, so no candidate of the session can be checked."""
 
 

@@ -25,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from helion_remote.errors import ConfigurationError
+
 PRICE_SOURCE = (
     "Modal list prices, https://modal.com/pricing, as transcribed on 2026-07-01 "
     "(cross-checked against a May 2026 third-party copy); per second, no region multiplier"
@@ -47,7 +49,7 @@ CPU_CORE_USD_PER_S = 0.0000131
 MEMORY_GIB_USD_PER_S = 0.00000222
 
 
-class UnknownGpuPrice(KeyError):
+class UnknownGpuPrice(ConfigurationError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 

@@ -56,6 +56,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from helion_remote.errors import BackendUnavailableError, ExecutorClosedError, SessionOpenError
 from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
 from helion_remote.result_stream import ResultStream
 from helion_remote.backends.modal.blobs import DEFAULT_CHUNK_BYTES, VolumeBlobStore
@@ -81,7 +82,7 @@ DEFAULT_JOB_S = 60 + 30 + 30
 """Helion's default compile (60 s) and benchmark (30 s) timeouts plus a margin."""
 
 
-class ModalSetupError(RuntimeError):
+class ModalSetupError(BackendUnavailableError):
     """The Modal backend cannot start: credentials, deployment or versions."""
 
 
@@ -93,7 +94,7 @@ class ModalVersionMismatch(ModalSetupError):
     pass
 
 
-class ModalSessionError(RuntimeError):
+class ModalSessionError(SessionOpenError):
     """The session could not be opened on Modal (broken reference kernel, missing arguments)."""
 
 
@@ -528,10 +529,6 @@ class ModalSession:
         ex = self._executor
         if ex.settings.print_cost and ex.meter.report().containers:
             ex._say(str(ex.meter.report()))
-
-
-class ExecutorClosedError(RuntimeError):
-    """A job's wait ended because its executor was closed (an ``infra_error`` result)."""
 
 
 def _cancel_calls(calls: Sequence[Any]) -> None:

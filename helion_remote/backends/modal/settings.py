@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
+from helion_remote.errors import ConfigurationError
+
 Mode = Literal["auto", "deployed", "ephemeral"]
 MODES: tuple[str, ...] = ("auto", "deployed", "ephemeral")
 
@@ -25,7 +27,7 @@ _UPGRADABLE_GPUS = ("H100",)
 """Modal may silently run these on a faster GPU unless the name ends in ``!``."""
 
 
-class ModalSettingsError(ValueError):
+class ModalSettingsError(ConfigurationError):
     """A Modal backend setting has a value the backend cannot use."""
 
 
