@@ -72,6 +72,7 @@ from helion_remote.backends.modal import (  # noqa: E402
 from helion_remote.backends.modal.blobs import MountedBlobStore, VolumeBlobStore, chunk_path, index_path  # noqa: E402
 from helion_remote.backends.modal.cost import PRICE_SOURCE, CostMeter  # noqa: E402
 from helion_remote.backends.modal.settings import ModalSettings, ModalSettingsError, pin_gpu  # noqa: E402
+from helion_remote.backends.modal.wire import WIRE_OPS  # noqa: E402
 from helion_remote.blobs import BlobDigestMismatch, BlobNotFound  # noqa: E402
 from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances  # noqa: E402
 
@@ -666,7 +667,14 @@ def test_app_definition_matches_the_installed_client() -> None:
     assert modal_app.worker_options(ModalSettings(max_containers=7))["max_containers"] == 6
     inspect.signature(modal.App.deploy).bind(modal_app.app, name="x", environment_name=None, strategy="recreate")
     assert isinstance(modal_app.Worker, modal.Cls)
-    assert set(modal_app.Worker._get_method_names()) == {"ping", "open_session", "run_job", "retime"}
+    from helion_remote.worker.service import OPERATIONS
+
+    # ping (the handshake) plus one generated method per worker operation, each the wire's arguments.
+    assert set(modal_app.Worker._get_method_names()) == {"ping", *OPERATIONS}
+    user_cls = modal_app.Worker._get_user_cls()
+    for name in OPERATIONS:
+        params = list(inspect.signature(user_cls.__dict__[name]._get_raw_f()).parameters)
+        assert params == ["self", "session", *WIRE_OPS[name].wire_params], (name, params)
     pins = modal_app.image_pins()
     v = versions()
     assert f"helion=={v['helion']}" in pins and f"torch=={v['torch']}" in pins and "+" not in "".join(pins)
