@@ -31,7 +31,10 @@ coordinator retries it on another worker and never shows it to the search."""
 MESSAGE_LIMIT = 4000
 """Characters of a result's ``error_message`` kept: its head (the exception line comes first)."""
 TRACEBACK_LIMIT = 12000
-"""Characters of a result's ``traceback`` kept: its tail (the innermost frames and the exception are last)."""
+"""Characters of a result's ``traceback`` kept: mostly its tail (the innermost frames and the
+exception are last), plus :data:`TRACEBACK_HEAD` characters of its head (the outer frames,
+which a huge exception message would otherwise push out)."""
+TRACEBACK_HEAD = 2000
 
 
 def clip_message(text: str) -> str:
@@ -40,12 +43,14 @@ def clip_message(text: str) -> str:
 
 
 def clip_traceback(text: str | None) -> str | None:
-    """``text`` cut to :data:`TRACEBACK_LIMIT`, keeping the tail; ``None`` for no text."""
+    """``text`` cut to :data:`TRACEBACK_LIMIT` (head and tail kept); ``None`` for no text."""
     if not text:
         return None
     if len(text) <= TRACEBACK_LIMIT:
         return text
-    return "[... earlier frames cut ...]\n" + text[-TRACEBACK_LIMIT:]
+    tail = TRACEBACK_LIMIT - TRACEBACK_HEAD
+    cut = len(text) - TRACEBACK_LIMIT
+    return f"{text[:TRACEBACK_HEAD]}\n[... {cut} characters cut ...]\n{text[-tail:]}"
 
 
 def format_traceback(error: BaseException) -> str | None:
