@@ -9,6 +9,7 @@ import os
 import pytest
 
 from helion_remote.blobs import DirectoryBlobStore
+from helion_remote.errors import RemoteTraceback
 from helion_remote.worker import launch, process
 
 
@@ -33,8 +34,10 @@ def test_a_forkserver_child_that_cannot_start_falls_back_to_spawn(tmp_path, monk
     handle = process.WorkerHandle(spec(tmp_path, None))
     handle._ctx = multiprocessing.get_context("forkserver")
     try:
-        with pytest.raises(RuntimeError, match="failed to start.*not-a-number"):
+        with pytest.raises(RuntimeError, match="failed to start.*not-a-number") as info:
             handle.start()
+        remote = info.value.__cause__.__cause__  # the child's own traceback, not just "Type: message"
+        assert isinstance(remote, RemoteTraceback) and "WorkerRuntime(" in remote.text and "int(" in remote.text
         assert handle._ctx.get_start_method() == "spawn"
         assert launch._FORKSERVER_USABLE is False
     finally:
