@@ -30,7 +30,7 @@ from helion_remote.worker.runtime import ModuleConflictError, WorkerRuntime
 from helion_remote.worker.service import OPERATIONS, SessionSummary, serve
 from helion_remote.backends.modal.blobs import MountedBlobStore
 from helion_remote.backends.modal.settings import BLOB_MOUNT
-from helion_remote.backends.modal.wire import WIRE_OPS, WIRE_VERSION, spec_from_dict, worker_to_dict
+from helion_remote.backends.modal.wire import WIRE_OPS, WIRE_VERSION, WireOp, spec_from_dict, worker_to_dict
 
 BLOB_ROOT_ENV = "HELION_REMOTE_MODAL_BLOB_ROOT"
 """Overrides where the worker reads blobs (tests point it at a directory)."""
@@ -153,7 +153,7 @@ class ContainerWorker:
 
     # ------------------------------------------------------------------ helpers
 
-    def _failed(self, codec: Any, args: tuple[Any, ...], error_class: str, message: str,
+    def _failed(self, codec: WireOp, args: tuple[Any, ...], error_class: str, message: str,
                 traceback: str | None) -> Payload:
         reply = codec.failure(args, error_class, clip_message(message), traceback, self.runtime.info())
         return {**reply, "container": self.stamp()}
