@@ -19,12 +19,15 @@ keep working::
     └── CompatError (ImportError)            the installed Helion lacks a private name this version relies on
 
 A failure of one *candidate kernel* is never an exception: it is a
-:class:`~helion_remote.protocol.JobResult` with a status (see
-:func:`failure_result`).  The worker's traceback travels in that result and
-becomes a :class:`RemoteTraceback` cause when the coordinator has to raise.
+:class:`~helion_remote.protocol.JobResult` with a status (made by
+:meth:`~helion_remote.protocol.JobResult.failed`).  The worker's traceback
+travels in that result and becomes a :class:`RemoteTraceback` cause (see
+:func:`with_remote_cause`) when the coordinator has to raise.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 __all__ = [
     "BackendUnavailableError",
@@ -37,7 +40,10 @@ __all__ = [
     "SearchError",
     "SessionOpenError",
     "WorkerError",
+    "with_remote_cause",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class HelionRemoteError(Exception):
@@ -85,3 +91,16 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.text}"""'
+
+
+def with_remote_cause(error: E, traceback: str | None) -> E:
+    """``error`` with the worker's ``traceback`` as its ``__cause__``; returns ``error`` to raise.
+
+    ``raise with_remote_cause(SearchError(...), result.traceback)`` prints the
+    worker's traceback above the coordinator's, as ``concurrent.futures`` does
+    for a process pool.  No text (an old worker, a transport failure) leaves
+    ``error`` as it was.
+    """
+    if traceback:
+        error.__cause__ = RemoteTraceback(traceback)
+    return error

@@ -13,6 +13,8 @@ import functools
 import hashlib
 import json
 import math
+import time
+import traceback as _traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -24,6 +26,38 @@ STATUSES: tuple[str, ...] = ("ok", "error", "timeout", "accuracy_error", "infra_
 """``infra_error`` is the only status that is not the kernel's fault: a lost
 worker, a broken transport, a worker that could not load the job.  The
 coordinator retries it on another worker and never shows it to the search."""
+
+
+MESSAGE_LIMIT = 4000
+"""Characters of a result's ``error_message`` kept: its head (the exception line comes first)."""
+TRACEBACK_LIMIT = 12000
+"""Characters of a result's ``traceback`` kept: mostly its tail (the innermost frames and the
+exception are last), plus :data:`TRACEBACK_HEAD` characters of its head (the outer frames,
+which a huge exception message would otherwise push out)."""
+TRACEBACK_HEAD = 2000
+
+
+def clip_message(text: str) -> str:
+    """``text`` cut to :data:`MESSAGE_LIMIT` (the one place the limit applies)."""
+    return text[:MESSAGE_LIMIT]
+
+
+def clip_traceback(text: str | None) -> str | None:
+    """``text`` cut to :data:`TRACEBACK_LIMIT` (head and tail kept); ``None`` for no text."""
+    if not text:
+        return None
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    tail = TRACEBACK_LIMIT - TRACEBACK_HEAD
+    cut = len(text) - TRACEBACK_LIMIT
+    return f"{text[:TRACEBACK_HEAD]}\n[... {cut} characters cut ...]\n{text[-tail:]}"
+
+
+def format_traceback(error: BaseException) -> str | None:
+    """``error``'s traceback as Python prints it (``None`` when it was never raised)."""
+    if error.__traceback__ is None:
+        return None
+    return clip_traceback("".join(_traceback.format_exception(error)))
 
 
 def sha256_hex(data: bytes | str) -> str:
@@ -159,6 +193,61 @@ class JobResult:
     """Seconds per stage where the backend knows them (``queue``, ``compile_wall``,
     ``ready_wait``, ``load``, ``first_call``, ``check``, ``time``): the journal
     says where a job's time went."""
+    traceback: str | None = None
+    """The worker's formatted traceback of the failure (tail kept, :data:`TRACEBACK_LIMIT`),
+    so a coordinator that has to raise can show where the worker failed."""
+
+    @classmethod
+    def failed(
+        cls,
+        job: BenchmarkJob | str,
+        status: Status,
+        error: BaseException | str,
+        *,
+        error_class: str | None = None,
+        worker: WorkerInfo | None = None,
+        kernel_digest: str = "",
+        started_at: float | None = None,
+        compile_time_s: float | None = None,
+        fatal: bool = False,
+        traceback: str | None = None,
+        stages: dict[str, float] | None = None,
+    ) -> JobResult:
+        """The one way a failure becomes a result, on every side of every transport.
+
+        ``error`` is the exception (its class names ``error_class`` and its
+        traceback is kept unless ``traceback`` is given) or the message text.
+        Messages are cut to :data:`MESSAGE_LIMIT`, tracebacks to :data:`TRACEBACK_LIMIT`.
+        """
+        if status == "ok":
+            raise ValueError("JobResult.failed needs a failure status, not 'ok'")
+        if isinstance(error, BaseException):
+            message = str(error) or type(error).__qualname__
+            error_class = error_class or type(error).__qualname__
+            traceback = traceback if traceback is not None else format_traceback(error)
+        else:
+            message = error
+        now = time.time()
+        if isinstance(job, BenchmarkJob):
+            job_id, kernel_digest = job.job_id, kernel_digest or job.kernel.digest
+        else:
+            job_id = job
+        return cls(
+            job_id=job_id,
+            status=status,
+            compile_time_s=compile_time_s,
+            error_class=error_class,
+            error_message=clip_message(message),
+            fatal=fatal,
+            worker_id=worker.worker_id if worker else "",
+            device_name=worker.device_name if worker else "",
+            device_uuid=worker.device_uuid if worker else "",
+            started_at=now if started_at is None else started_at,
+            finished_at=now,
+            kernel_digest=kernel_digest,
+            stages=dict(stages or {}),
+            traceback=clip_traceback(traceback),
+        )
 
     def with_stages(self, **stages: float) -> JobResult:
         """This result with more stage durations (the backend adds what the worker cannot see)."""
@@ -188,6 +277,8 @@ class RetimeTiming:
     status: Status
     perf_ms: float = math.inf
     error_message: str | None = None
+    traceback: str | None = None
+    """The worker's traceback when timing failed (as ``JobResult.traceback``)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,8 +60,8 @@ class ResultStream(Iterator[JobResult]):
 
     def _lost(self) -> JobResult:
         job_id = next(iter(self._waiting), "?")
-        return JobResult(job_id, "infra_error", error_class="ExecutorClosed",
-                         error_message="the executor was closed before this job finished")
+        return JobResult.failed(job_id, "infra_error", "the executor was closed before this job finished",
+                                error_class="ExecutorClosed")
 
     def close(self) -> None:
         """Cancel every job whose result has not been yielded (no-op once all were)."""

@@ -72,6 +72,7 @@ from helion_remote.backends.modal import (  # noqa: E402
 from helion_remote.backends.modal.blobs import MountedBlobStore, VolumeBlobStore, chunk_path, index_path  # noqa: E402
 from helion_remote.backends.modal.cost import PRICE_SOURCE, CostMeter  # noqa: E402
 from helion_remote.backends.modal.settings import ModalSettings, ModalSettingsError, pin_gpu  # noqa: E402
+from helion_remote.backends.modal.wire import WIRE_OPS  # noqa: E402
 from helion_remote.blobs import BlobDigestMismatch, BlobNotFound  # noqa: E402
 from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances  # noqa: E402
 
@@ -666,7 +667,14 @@ def test_app_definition_matches_the_installed_client() -> None:
     assert modal_app.worker_options(ModalSettings(max_containers=7))["max_containers"] == 6
     inspect.signature(modal.App.deploy).bind(modal_app.app, name="x", environment_name=None, strategy="recreate")
     assert isinstance(modal_app.Worker, modal.Cls)
-    assert set(modal_app.Worker._get_method_names()) == {"ping", "open_session", "run_job", "retime"}
+    from helion_remote.worker.service import OPERATIONS
+
+    # ping (the handshake) plus one generated method per worker operation, each the wire's arguments.
+    assert set(modal_app.Worker._get_method_names()) == {"ping", *OPERATIONS}
+    user_cls = modal_app.Worker._get_user_cls()
+    for name in OPERATIONS:
+        params = list(inspect.signature(user_cls.__dict__[name]._get_raw_f()).parameters)
+        assert params == ["self", "session", *WIRE_OPS[name].wire_params], (name, params)
     pins = modal_app.image_pins()
     v = versions()
     assert f"helion=={v['helion']}" in pins and f"torch=={v['torch']}" in pins and "+" not in "".join(pins)
@@ -713,6 +721,23 @@ def test_worker_body_runs_through_modal_local_execution(child: dict[str, Any]) -
     assert [t[1] for t in local["poisoned_retime"]] == ["infra_error", "error"]
     assert "PoisonedContainer" in local["after_poison"]["error"]  # no more work on a broken device
     assert local["enter_calls"] == 1  # @modal.enter ran once for the instance, args loaded once
+
+
+def test_a_failing_kernels_result_carries_the_containers_traceback(child: dict[str, Any]) -> None:
+    from helion_remote.backends.modal.wire import result_from_dict
+
+    result = result_from_dict(child["local"]["raising"])
+    assert result.status == "error" and result.error_class == "ValueError" and not result.fatal
+    assert result.error_message.startswith("ValueError: raised inside the kernel")  # type: ignore[union-attr]
+    text = result.traceback or ""
+    assert text.startswith("Traceback (most recent call last)") and "raise ValueError('raised inside the kernel')" in text
+    assert text.rstrip().endswith("ValueError: raised inside the kernel")
+
+
+def test_every_worker_operation_is_served_through_modal_local_execution(child: dict[str, Any]) -> None:
+    local = child["local"]
+    assert local["info"]["interpreter"] is True and local["target_profile"] is None
+    assert local["compile"]["status"] in ("ok", "error") and local["compile"]["compile_time_s"] >= 0
 
 
 def test_real_helion_search_with_real_worker_runtime_in_standin(child: dict[str, Any]) -> None:
@@ -768,6 +793,15 @@ def _child_main(out_path: str) -> None:  # pragma: no cover - runs in the subpro
         "wrong": worker.run_job.local(payload, job(wrong, "wrong-1"))["result"],
         "retime": worker.retime.local(payload, [kernel_to_dict(good)], 1.0, 5.0)["retime"]["timings"],
     }
+    # A kernel that raises: its result carries the container's traceback (where in the kernel it failed).
+    raising = KernelSource(good.module_source.replace(
+        "\n    return out", "\n    raise ValueError('raised inside the kernel')\n    return out", 1),
+        good.entry_name, good.source_modules)
+    local["raising"] = worker.run_job.local(payload, job(raising, "raising-1"))["result"]
+    # Every worker operation of the table is a method of the deployed class.
+    local["info"] = worker.info.local()["worker"]
+    local["target_profile"] = worker.target_profile.local()["target_profile"]
+    local["compile"] = worker.compile.local(payload, kernel_to_dict(good), digest)["compile"]
     # A kernel that breaks the device while re-timing: it fails alone, the container leaves service.
     poison = KernelSource(good.module_source.replace(
         "\n    return out", "\n    raise RuntimeError('CUDA error: an illegal memory access was encountered')\n    return out", 1),

@@ -88,6 +88,15 @@ class CostModelBody:
                 "container": self.stamp()}
 
 
+def _serve(body: Any, method: str, args: tuple[Any, ...]) -> Any:
+    """As ``modal_app.Worker``: a real ContainerWorker serves worker operations through ``call``."""
+    from helion_remote.worker.service import OPERATIONS
+
+    if method in OPERATIONS and hasattr(body, "call"):
+        return body.call(method, *args)
+    return getattr(body, method)(*args)
+
+
 class _Input:
     def __init__(self, method: str, args: tuple[Any, ...]) -> None:
         self.method = method
@@ -158,7 +167,7 @@ class _Pool:
                 if fault == "slow":
                     time.sleep(server.slow_s)
                 try:
-                    item.future.set_result(getattr(body, item.method)(*item.args))
+                    item.future.set_result(_serve(body, item.method, item.args))
                 except BaseException as error:  # a worker that raises: Modal re-raises it on get()
                     item.future.set_exception(error)
             finally:

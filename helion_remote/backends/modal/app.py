@@ -8,6 +8,12 @@ Python source.  GPU type, container cap, timeouts and the blob Volume are
 applied per run by the coordinator with ``Cls.with_options``, so one
 deployment serves any settings; the decorator values below are defaults.
 
+The worker class's methods are ``ping`` (the version handshake) plus one
+method per worker operation, generated from
+:data:`~helion_remote.worker.service.OPERATIONS` (with the argument names of
+:data:`~helion_remote.backends.modal.wire.WIRE_OPS`), each forwarding to
+:meth:`ContainerWorker.call`: the list of operations exists once.
+
 Imported only by the Modal backend and the CLI: the core never imports
 ``modal``.
 """
@@ -15,13 +21,17 @@ Imported only by the Modal backend and the CLI: the core never imports
 # No ``from __future__ import annotations`` here: Modal reads the class's
 # ``modal.parameter`` annotations as real types, not strings.
 
+import inspect
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import modal
 
 from helion_remote.backends.modal.settings import WORKER_CLS_NAME, ModalSettings
+from helion_remote.backends.modal.wire import WIRE_OPS
 from helion_remote.backends.modal.worker import ContainerWorker, versions
+from helion_remote.worker.service import OPERATIONS
 
 SETTINGS = ModalSettings.from_env()
 VERSIONS = versions()
@@ -78,7 +88,23 @@ def _stop_container() -> None:
         modal.experimental.stop_fetching_inputs()
 
 
-@app.cls(**worker_options(SETTINGS))
+def _forwarder(name: str) -> Callable[..., dict[str, Any]]:
+    """The Modal method for worker operation ``name``: ``(self, session, *wire args)``."""
+
+    def method(self: Any, session: dict[str, Any] | None = None, *args: Any) -> dict[str, Any]:
+        return self.core.call(name, session, *args)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Worker operation {name!r} (helion_remote.worker.service.OPERATIONS)."
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    wire_params = WIRE_OPS[name].wire_params
+    params = [inspect.Parameter("self", positional),
+              inspect.Parameter("session", positional, **({} if wire_params else {"default": None}))]
+    params += [inspect.Parameter(p, positional) for p in wire_params]
+    method.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return method
+
+
 class Worker:
     """One GPU container.  ``pool`` separates the job pool from a session's re-timing container."""
 
@@ -92,17 +118,10 @@ class Worker:
     def ping(self) -> dict[str, Any]:
         return self.core.ping()
 
-    @modal.method()
-    def open_session(self, session: dict[str, Any]) -> dict[str, Any]:
-        return self.core.open_session(session)
 
-    @modal.method()
-    def run_job(self, session: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-        return self.core.run_job(session, job)
-
-    @modal.method()
-    def retime(self, session: dict[str, Any], kernels: list[dict[str, Any]], warmup_ms: float, rep_ms: float) -> dict[str, Any]:
-        return self.core.retime(session, kernels, warmup_ms, rep_ms)
+for _name in OPERATIONS:
+    setattr(Worker, _name, modal.method()(_forwarder(_name)))
+Worker = app.cls(**worker_options(SETTINGS))(Worker)  # type: ignore[misc]  # methods first: Modal reads them here
 
 
 assert Worker.__name__ == WORKER_CLS_NAME

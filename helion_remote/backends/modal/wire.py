@@ -4,12 +4,18 @@ Modal pickles call arguments and results; pickled helion_remote classes
 would tie a deployed worker to the coordinator's exact class layout and, for
 exceptions, fail to unpickle on a laptop.  Only dicts, lists, str and
 numbers cross, and both sides rebuild the dataclasses.
+
+:data:`WIRE_OPS` says how each worker operation of
+:data:`~helion_remote.worker.service.OPERATIONS` crosses a call: its
+arguments in, its reply out, and what its failure looks like (a ``run_job``
+always answers with a result, even from a container that cannot run it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from helion_remote.protocol import (
@@ -21,9 +27,11 @@ from helion_remote.protocol import (
     SessionSpec,
     SourceModule,
     Tolerances,
+    WorkerInfo,
 )
+from helion_remote.worker.service import OPERATIONS, CompileOutcome, SessionSummary
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 """Bumped when a payload's shape changes; the worker refuses other versions."""
 
 Payload = dict[str, Any]
@@ -125,7 +133,8 @@ def result_from_dict(data: Payload) -> JobResult:
 def retime_to_dict(result: RetimeResult) -> Payload:
     return {
         "timings": [
-            [t.kernel_digest, t.status, t.perf_ms if math.isfinite(t.perf_ms) else repr(t.perf_ms), t.error_message]
+            [t.kernel_digest, t.status, t.perf_ms if math.isfinite(t.perf_ms) else repr(t.perf_ms), t.error_message,
+             t.traceback]
             for t in result.timings
         ],
         "worker_id": result.worker_id,
@@ -135,8 +144,74 @@ def retime_to_dict(result: RetimeResult) -> Payload:
 
 
 def retime_from_dict(data: Payload) -> RetimeResult:
-    timings = tuple(RetimeTiming(d, s, float(p), m) for d, s, p, m in data["timings"])  # type: ignore[arg-type]
+    timings = tuple(RetimeTiming(d, s, float(p), m, *rest) for d, s, p, m, *rest in data["timings"])  # type: ignore[arg-type]
     return RetimeResult(timings, data["worker_id"], data["device_name"], data["device_uuid"])
+
+
+def worker_to_dict(info: WorkerInfo) -> Payload:
+    return {"worker_id": info.worker_id, "device_name": info.device_name,
+            "device_uuid": info.device_uuid, "interpreter": info.interpreter}
+
+
+@dataclasses.dataclass(frozen=True)
+class WireOp:
+    """How one worker operation crosses a Modal call.
+
+    A call is ``method(session, *wire_args)``: ``args`` rebuilds the service's
+    arguments (``session`` is the decoded session spec, or None), ``reply`` turns
+    its value into the reply's fields, and ``failure(args, error_class, message,
+    traceback, worker)`` says what the reply is when the container could not
+    serve it.  Arguments that do not decode (another wire version) raise, and
+    the coordinator sees the call fail.
+    """
+
+    wire_params: tuple[str, ...]
+    args: Callable[[SessionSpec | None, tuple[Any, ...]], tuple[Any, ...]]
+    reply: Callable[[Any], Payload]
+    failure: Callable[[tuple[Any, ...], str, str, str | None, WorkerInfo], Payload] = (
+        lambda args, error_class, message, traceback, worker: {"error": f"{error_class}: {message}",
+                                                              "traceback": traceback}
+    )
+
+
+def _open_failure(args: tuple[Any, ...], error_class: str, message: str, traceback: str | None,
+                  worker: WorkerInfo) -> Payload:
+    kind = "baseline" if error_class == "BaselineError" else "load"
+    return {"ok": False, "kind": kind, "message": message, "traceback": traceback}
+
+
+def _job_failure(args: tuple[Any, ...], error_class: str, message: str, traceback: str | None,
+                 worker: WorkerInfo) -> Payload:
+    result = JobResult.failed(args[0], "infra_error", message, error_class=error_class, worker=worker,
+                              traceback=traceback)
+    return {"result": result.to_dict()}
+
+
+def _compile_failure(args: tuple[Any, ...], error_class: str, message: str, traceback: str | None,
+                     worker: WorkerInfo) -> Payload:
+    return {"compile": dataclasses.asdict(CompileOutcome("infra_error", 0.0, error_class, message,
+                                                         traceback=traceback))}
+
+
+def _summary_reply(summary: SessionSummary | None) -> Payload:
+    return {"ok": True, "space_report": None if summary is None else summary.space_report}
+
+
+WIRE_OPS: dict[str, WireOp] = {
+    "info": WireOp((), lambda spec, a: (), lambda info: {"worker": worker_to_dict(info)}),
+    "target_profile": WireOp((), lambda spec, a: (), lambda profile: {"target_profile": profile}),
+    "open_session": WireOp((), lambda spec, a: (spec, True), _summary_reply, _open_failure),
+    "run_job": WireOp(("job",), lambda spec, a: (job_from_dict(a[0]), None),
+                      lambda result: {"result": result.to_dict()}, _job_failure),
+    "compile": WireOp(("kernel", "args_digest"), lambda spec, a: (kernel_from_dict(a[0]), a[1]),
+                      lambda outcome: {"compile": dataclasses.asdict(outcome)}, _compile_failure),
+    "retime": WireOp(("kernels", "warmup_ms", "rep_ms"),
+                     lambda spec, a: ([kernel_from_dict(k) for k in a[0]], a[1], a[2]),
+                     lambda result: {"retime": retime_to_dict(result)}),
+}
+"""One entry per worker operation: the Modal app's methods are generated from it."""
+if WIRE_OPS.keys() != OPERATIONS.keys():  # pragma: no cover - caught by any import
+    raise AssertionError(f"wire codecs {sorted(WIRE_OPS)} differ from the worker operations {sorted(OPERATIONS)}")
 
 
 def check_wire(data: Payload) -> None:

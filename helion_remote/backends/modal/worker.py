@@ -1,12 +1,16 @@
 """The body of the Modal worker, free of ``modal`` so it runs anywhere.
 
 ``modal_app.Worker`` (a ``modal.Cls``) creates one :class:`ContainerWorker`
-per container in ``@modal.enter`` and forwards each method call.  Per
+per container in ``@modal.enter`` and forwards each method call to
+:meth:`ContainerWorker.call`, which serves the worker operations of
+:data:`~helion_remote.worker.service.OPERATIONS` (as the local pipe does)
+with the codecs of :data:`~helion_remote.backends.modal.wire.WIRE_OPS`.  Per
 container it keeps one :class:`~helion_remote.worker.runtime.WorkerRuntime`
 and the open session (arguments on the GPU, baseline output), so each
 session's arguments are fetched and verified once per container.  Every
 method returns plain dicts and never raises for a kernel's fault; each reply
-carries a container stamp for cost metering.
+carries a container stamp for cost metering, and a failure's reply carries
+the worker's traceback.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helion_remote.protocol import JobResult
-from helion_remote.worker.runtime import BaselineError, JobLoadError, ModuleConflictError, SessionSummary, WorkerRuntime
+from helion_remote.protocol import SessionSpec, clip_message, format_traceback
+from helion_remote.worker.runtime import ModuleConflictError, WorkerRuntime
+from helion_remote.worker.service import OPERATIONS, SessionSummary, serve
 from helion_remote.backends.modal.blobs import MountedBlobStore
 from helion_remote.backends.modal.settings import BLOB_MOUNT
-from helion_remote.backends.modal.wire import WIRE_VERSION, job_from_dict, kernel_from_dict, retime_to_dict, spec_from_dict
+from helion_remote.backends.modal.wire import WIRE_OPS, WIRE_VERSION, WireOp, spec_from_dict, worker_to_dict
 
 BLOB_ROOT_ENV = "HELION_REMOTE_MODAL_BLOB_ROOT"
 """Overrides where the worker reads blobs (tests point it at a directory)."""
@@ -94,85 +99,64 @@ class ContainerWorker:
         return {"id": self.container_id, "boot": PROCESS_START, "now": time.time(), "pool": self.pool}
 
     def _worker(self) -> Payload:
-        info = self.runtime.info()
-        return {"worker_id": info.worker_id, "device_name": info.device_name,
-                "device_uuid": info.device_uuid, "interpreter": info.interpreter}
+        return worker_to_dict(self.runtime.info())
 
     def ping(self) -> Payload:
         """The handshake: versions, the device, and its TargetProfile (None under the interpreter)."""
         try:
-            profile = self.runtime.target_profile()
+            profile = serve(self.runtime, "target_profile", ())
         except Exception as error:  # noqa: BLE001 - a profile is optional; the handshake is not
             profile = {"error": f"{type(error).__qualname__}: {error}"}
         return {"versions": versions(), "worker": self._worker(), "target_profile": profile,
                 "container": self.stamp()}
 
-    def _ensure_session(self, session: Payload) -> SessionSummary | None:
-        self._volume = (session.get("volume_name") or "", session.get("environment"))
-        spec = spec_from_dict(session["spec"])
-        if self.runtime.session_id != spec.session_id:
-            return self.runtime.open_session(spec)
-        return None
+    def call(self, name: str, session: Payload | None = None, *wire_args: Any) -> Payload:
+        """Serve worker operation ``name``: the one dispatch behind every generated Modal method.
 
-    def open_session(self, session: Payload) -> Payload:
-        """Open (or confirm) the session here: the coordinator's fail-fast probe."""
+        ``session`` (the coordinator's session payload) is opened first for the
+        operations that need it: any container may take any call.  A failure
+        the container can name (the session would not open here, a poisoned
+        device, a module conflict, a bug in the worker) is the operation's
+        failure reply, with the traceback; arguments that do not decode raise.
+        """
+        op, codec = OPERATIONS[name], WIRE_OPS[name]
+        spec = spec_from_dict(session["spec"]) if session else None
+        args = codec.args(spec, wire_args)
+        if op.in_session and self.poisoned is not None:
+            return self._failed(codec, args, "PoisonedContainer", self.poisoned, None)
         try:
-            summary = self._ensure_session(session)
-        except BaselineError as error:
-            return {"ok": False, "kind": "baseline", "message": str(error), "container": self.stamp()}
-        except JobLoadError as error:
-            return {"ok": False, "kind": "load", "message": str(error), "container": self.stamp()}
+            if name == "open_session":
+                value: object = self._ensure_session(session, spec)
+            else:
+                if op.in_session:
+                    self._ensure_session(session, spec)
+                value = serve(self.runtime, name, args)
+        except ModuleConflictError as error:
+            self._poison(f"module conflict: {error}")
+            return self._failed(codec, args, type(error).__name__, str(error), format_traceback(error))
+        except Exception as error:  # noqa: BLE001 - never lose a call to a worker bug: say where it failed
+            # BaselineError / JobLoadError land here: the probe opened this session elsewhere,
+            # so here it is the container's fault.
+            return self._failed(codec, args, type(error).__name__, str(error), format_traceback(error))
         finally:
-            if self.runtime.sticky:  # the reference itself broke the device
-                self._poison("unrecoverable device error opening the session")
-        return {"ok": True, "worker": self._worker(), "container": self.stamp(),
-                "space_report": getattr(summary, "space_report", None)}
+            if self.runtime.sticky and self.poisoned is None:  # a kernel (or the reference) broke the device
+                self._poison(f"unrecoverable device error in {name}")
+        return {**codec.reply(value), "worker": self._worker(), "container": self.stamp()}
 
-    def run_job(self, session: Payload, job_payload: Payload) -> Payload:
-        job = job_from_dict(job_payload)
-        if self.poisoned is not None:
-            return self._reply(self._infra(job.job_id, "PoisonedContainer", self.poisoned))
-        try:
-            self._ensure_session(session)
-        except (BaselineError, JobLoadError) as error:
-            # The probe opened this session elsewhere: here it is the container's fault.
-            return self._reply(self._infra(job.job_id, type(error).__name__, str(error)))
-        try:
-            result = self.runtime.run_job(job)
-        except ModuleConflictError as error:
-            self._poison(f"module conflict: {error}")
-            return self._reply(self._infra(job.job_id, "ModuleConflictError", str(error)))
-        if self.runtime.sticky:
-            self._poison(f"unrecoverable device error in job {job.job_id}")
-        return self._reply(result)
-
-    def retime(self, session: Payload, kernels: list[Payload], warmup_ms: float, rep_ms: float) -> Payload:
-        if self.poisoned is not None:
-            return {"error": f"PoisonedContainer: {self.poisoned}", "container": self.stamp()}
-        try:
-            self._ensure_session(session)
-        except (BaselineError, JobLoadError) as error:
-            return {"error": f"{type(error).__name__}: {error}", "container": self.stamp()}
-        try:
-            result = self.runtime.retime([kernel_from_dict(k) for k in kernels], warmup_ms, rep_ms)
-        except ModuleConflictError as error:
-            self._poison(f"module conflict: {error}")
-            return {"error": f"ModuleConflictError: {error}", "container": self.stamp()}
-        if self.runtime.sticky:  # one kernel broke the device; the others came back infra_error
-            self._poison("unrecoverable device error while re-timing")
-        return {"retime": retime_to_dict(result), "container": self.stamp()}
+    def _ensure_session(self, session: Payload | None, spec: SessionSpec | None) -> SessionSummary | None:
+        if session is None or spec is None:
+            raise ValueError("this worker operation needs the session payload")
+        self._volume = (session.get("volume_name") or "", session.get("environment"))
+        if self.runtime.session_id != spec.session_id:
+            return serve(self.runtime, "open_session", (spec, True))  # type: ignore[return-value]
+        return None
 
     # ------------------------------------------------------------------ helpers
 
-    def _infra(self, job_id: str, error_class: str, message: str) -> JobResult:
-        info = self.runtime.info()
-        now = time.time()
-        return JobResult(job_id=job_id, status="infra_error", error_class=error_class, error_message=message[:4000],
-                         worker_id=self.worker_id, device_name=info.device_name, device_uuid=info.device_uuid,
-                         started_at=now, finished_at=now)
-
-    def _reply(self, result: JobResult) -> Payload:
-        return {"result": result.to_dict(), "container": self.stamp()}
+    def _failed(self, codec: WireOp, args: tuple[Any, ...], error_class: str, message: str,
+                traceback: str | None) -> Payload:
+        reply = codec.failure(args, error_class, clip_message(message), traceback, self.runtime.info())
+        return {**reply, "container": self.stamp()}
 
     def _poison(self, reason: str) -> None:
         """This process can no longer be trusted: finish this reply, then let the container go."""
