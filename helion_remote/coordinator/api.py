@@ -198,7 +198,7 @@ def autotune(
     stats.wall_s = time.perf_counter() - started
     result = _build_result(found, context, algorithm_cls, profile)
     if print_result:
-        _print_result(result)
+        _print_result(result, stats)
     return result
 
 
@@ -322,12 +322,12 @@ def _build_result(found: _Found, context: RemoteContext, algorithm_cls: type, pr
     return result
 
 
-def _print_result(result: AutotuneResult) -> None:
+def _print_result(result: AutotuneResult, stats: RunStats) -> None:
     cost = f"\nestimated cost: {result.stats['cost']}" if "cost" in result.stats else ""
     target = f", target {result.target}" if result.target else ""
     print(
         f"[helion-remote] {result.kernel_name}: best {result.best_ms:.4f} ms, "
-        f"{result.stats['configs_measured']} configs in {result.stats['wall_s']:.1f}s on {result.backend} "
+        f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
         f"({result.algorithm}{target}){cost}\n{result.decorator}",
         file=sys.stderr,
     )
