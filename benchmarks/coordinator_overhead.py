@@ -27,7 +27,8 @@ from helion.autotuner.logger import AutotuningLogger  # noqa: E402
 from helion.autotuner.metrics import AutotuneMetrics  # noqa: E402
 from helion_remote.argcodec import upload_args  # noqa: E402
 from helion_remote.backends.fake import FakeExecutor  # noqa: E402
-from helion_remote.coordinator.provider import RemoteContext, bind_provider  # noqa: E402
+from helion_remote.coordinator.run_context import RemoteContext, RunState
+from helion_remote.coordinator.seam import bind_provider  # noqa: E402
 from helion_remote.coordinator.stats import RunStats  # noqa: E402
 
 from kernels import matmul, matmul_args, softmax, softmax_args  # noqa: E402
@@ -53,7 +54,7 @@ def measure(kernel: object, args: tuple[torch.Tensor, ...], n_configs: int, roun
         if round_index % 2 == 0:
             helion_alone()
         stats = RunStats()
-        context = RemoteContext(executor, upload_args(executor.blob_store, args).digest, stats)
+        context = RemoteContext(executor, upload_args(executor.blob_store, args).digest, RunState(stats))
         provider = bind_provider(context)(
             kernel=bound, settings=bound.settings, config_spec=bound.config_spec, args=args,
             log=AutotuningLogger(bound.settings), autotune_metrics=AutotuneMetrics(),

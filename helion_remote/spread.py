@@ -9,19 +9,17 @@ so every number is in worker 0's units and the leading candidates are compared
 on worker 0 itself.  A worker whose anchors fail has its share re-timed by
 ``redo`` (worker 0), and any kernel from another worker that would lead is
 re-timed on worker 0 (:func:`confirm_leaders`).  Finalists never come here:
-they stay on one worker.  :class:`WorkerScales` keeps each worker's recent
-factor so batch timings, made on whichever GPU a job landed on, can be put in
-worker 0's units too.
+they stay on one worker.  The coordinator keeps each worker's recent factor
+(``helion_remote.coordinator.unit_scales``) so batch timings, made on
+whichever GPU a job landed on, can be put in worker 0's units too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from helion_remote.protocol import KernelSource, RetimeResult, RetimeTiming, usable_ms
 
@@ -29,36 +27,6 @@ SPREAD_ANCHORS = 3
 """Kernels every worker times, to put all workers on one scale."""
 LEADER_MARGIN = 0.01
 """Kernels timed elsewhere within this fraction of worker 0's best are confirmed on worker 0."""
-SCALE_WINDOW = 3
-"""Spread calls whose factors a worker's batch-timing factor is the median of."""
-
-
-class WorkerScales:
-    """Each worker's factor into worker 0's units, from recent spread re-benchmarks.
-
-    Two same-model GPUs of one host measured 1-4% apart (docs/benchmarks.md,
-    runs 11 and 12).  Between population re-benchmarks a batch timing from the
-    faster GPU would beat its equal from GPU 0 by that much, and the search
-    would step towards it; multiplied by the GPU's factor it compares like with like.
-    The median of the last ``SCALE_WINDOW`` calls damps one noisy anchor set.
-    A worker never anchored (GPU 0 itself, or none yet) keeps factor 1.
-    """
-
-    def __init__(self) -> None:
-        self._recent: dict[str, deque[float]] = {}
-
-    def observe(self, scales: Iterable[tuple[str, float]]) -> None:
-        for worker, factor in scales:
-            if math.isfinite(factor) and factor > 0:
-                self._recent.setdefault(worker, deque(maxlen=SCALE_WINDOW)).append(factor)
-
-    def factor(self, worker_id: str | None) -> float:
-        recent = self._recent.get(worker_id or "")
-        return statistics.median(recent) if recent else 1.0
-
-    def current(self) -> dict[str, float]:
-        """The factor each anchored worker's batch timings get now."""
-        return {worker: self.factor(worker) for worker in sorted(self._recent)}
 
 
 def spread_groups(kernels: Sequence[KernelSource], workers: int) -> list[list[KernelSource]] | None:

@@ -12,7 +12,8 @@ import helion_remote
 from helion_remote.coordinator import _helion_compat as compat
 from helion_remote.coordinator.adapter import remote_mode
 from helion_remote.backends.fake import FakeExecutor
-from helion_remote.coordinator.provider import RemoteContext, bind_provider
+from helion_remote.coordinator.run_context import RemoteContext, RunState
+from helion_remote.coordinator.seam import bind_provider
 from helion_remote.coordinator.stats import RunStats
 
 from kernels import matmul, matmul_args
@@ -21,7 +22,7 @@ from kernels import matmul, matmul_args
 def test_remote_mode_patches_then_restores_the_default_provider() -> None:
     from helion.autotuner import PatternSearch
 
-    provider = bind_provider(RemoteContext(FakeExecutor(), "0" * 64, RunStats()))
+    provider = bind_provider(RemoteContext(FakeExecutor(), "0" * 64, RunState(RunStats())))
     bound = matmul.bind(matmul_args())
     with remote_mode(provider):
         assert PatternSearch(bound, matmul_args())._benchmark_provider_cls is provider
@@ -30,7 +31,7 @@ def test_remote_mode_patches_then_restores_the_default_provider() -> None:
 
 
 def test_remote_mode_restores_even_when_the_search_fails() -> None:
-    provider = bind_provider(RemoteContext(FakeExecutor(), "0" * 64, RunStats()))
+    provider = bind_provider(RemoteContext(FakeExecutor(), "0" * 64, RunState(RunStats())))
     with pytest.raises(RuntimeError, match="boom"), remote_mode(provider):
         raise RuntimeError("boom")
     assert compat.BaseSearch.__init__.__defaults__ == (compat.LocalBenchmarkProvider,)

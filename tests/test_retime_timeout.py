@@ -6,7 +6,7 @@ import pytest
 
 import helion_remote
 from helion_remote.backends.fake import FakeExecutor, FakeSession
-from helion_remote.coordinator.provider import retime_call_timeout_s
+from helion_remote.coordinator.retiming import retime_call_timeout_s
 
 from kernels import matmul, matmul_args
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from helion_remote.protocol import KernelSource, RetimeResult, RetimeTiming
-from helion_remote.spread import LEADER_MARGIN, SCALE_WINDOW, WorkerScales, spread_groups, spread_retime
+from helion_remote.coordinator.unit_scales import SCALE_WINDOW, WorkerScales
+from helion_remote.spread import LEADER_MARGIN, spread_groups, spread_retime
 
 
 def _kernel(name: str) -> KernelSource:

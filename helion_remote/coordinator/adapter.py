@@ -20,7 +20,7 @@ from typing import Any
 from unittest import mock
 
 from helion_remote.coordinator import _helion_compat as compat
-from helion_remote.coordinator.provider import RemoteBenchmarkProvider
+from helion_remote.coordinator.seam import RemoteBenchmarkProvider
 from helion_remote.environ import patched_environ
 from helion_remote.errors import ConfigurationError
 

@@ -12,18 +12,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from helion_remote.coordinator import _helion_compat
-from helion_remote.coordinator.adapter import remote_mode, resolve_algorithm, search_factory
 from helion_remote.argcodec import upload_args
 from helion_remote.backends import create_executor, resolve_backend_name
+from helion_remote.coordinator.adapter import resolve_algorithm, search_factory
+from helion_remote.coordinator.cache import RemoteAutotuneCache
 from helion_remote.coordinator.codegen import kernel_definition, kernel_source
-from helion_remote.kernel_copy import private_kernel
 from helion_remote.coordinator.progress import ProgressLine
-from helion_remote.protocol import RemoteBenchmarkExecutor
-from helion_remote.coordinator.provider import RemoteContext, bind_provider
+from helion_remote.coordinator.run_context import RemoteContext, RunOptions, RunState, TargetCheck
 from helion_remote.coordinator.stats import RunStats
+from helion_remote.executor import RemoteBenchmarkExecutor
+from helion_remote.kernel_copy import private_kernel
 
-from helion.autotuner.base_cache import AutotuneCacheBase, CacheKeyBase
+__all__ = ["AutotuneResult", "RemoteAutotuneCache", "autotune", "autotuner_fn", "resolve_target", "shared_executor",
+           "suggested_codegen_workers"]
+
+_EFFORTS = ("none", "quick", "full")
 
 
 @dataclasses.dataclass
@@ -44,46 +47,6 @@ class AutotuneResult:
 
     def __str__(self) -> str:
         return f"{self.kernel_name}: {self.best_ms:.4f} ms on {self.backend}\n{self.decorator}"
-
-
-@dataclasses.dataclass(frozen=True)
-class _RemoteCacheKey(CacheKeyBase):
-    kernel_name: str
-    args_digest: str
-    target_fingerprint: str | None
-
-
-class RemoteAutotuneCache(AutotuneCacheBase):
-    """Helion's cache layer with remote benchmarking switched on.
-
-    Running Helion's own best-of-K trial loop (``autotune_best_of_k``) inside
-    :func:`remote_mode` means every trial and the rebench round measure
-    remotely.  It reads nothing (``get`` is a miss): a result store keyed by
-    target lives outside Helion's per-host cache.
-    """
-
-    def __init__(self, autotuner: Any, *, autotuner_factory: Any = None, context: RemoteContext) -> None:
-        super().__init__(autotuner, autotuner_factory=autotuner_factory)
-        self.context = context
-        self.provider_cls = bind_provider(context)
-        _helion_compat.use_benchmark_provider(autotuner, self.provider_cls)
-        self.selected: Any = None
-
-    def autotune(self, *, skip_cache: bool = False) -> Any:
-        with remote_mode(self.provider_cls, str(self.kernel.settings.autotune_effort)):
-            return super().autotune(skip_cache=True)
-
-    def get(self) -> Any:
-        return None
-
-    def put(self, config: Any) -> None:
-        self.selected = config
-
-    def _get_cache_key(self) -> CacheKeyBase:
-        return _RemoteCacheKey(self.kernel.kernel.name, self.context.args_digest, self.context.target_fingerprint)
-
-    def _list_cache_entries(self) -> Sequence[tuple[str, CacheKeyBase]]:
-        return []
 
 
 _shared_executors: dict[str, RemoteBenchmarkExecutor] = {}
@@ -111,15 +74,6 @@ def _close_shared_executors() -> None:
     _shared_executors.clear()
 
 
-def _make_context(executor: RemoteBenchmarkExecutor, args: Sequence[object], stats: RunStats, **kw: Any) -> RemoteContext:
-    """Upload the arguments (once per content) and bundle what the providers share."""
-    upload = upload_args(executor.blob_store, args)
-    stats.blob_bytes_uploaded += upload.bytes_uploaded
-    stats.blob_puts += upload.puts
-    stats.blob_puts_skipped += upload.puts_skipped
-    return RemoteContext(executor=executor, args_digest=upload.digest, stats=stats, **kw)
-
-
 def autotuner_fn(bound_kernel: Any, args: Sequence[object], **kwargs: object) -> RemoteAutotuneCache:
     """Drop-in ``autotuner_fn``: ``@helion.kernel(autotuner_fn=helion_remote.autotuner_fn)``.
 
@@ -129,7 +83,8 @@ def autotuner_fn(bound_kernel: Any, args: Sequence[object], **kwargs: object) ->
     algorithm = resolve_algorithm(None)
     executor = shared_executor(None)
     progress = ProgressLine() if bound_kernel.settings.autotune_progress_bar else None
-    context = _make_context(executor, args, RunStats(), progress=progress)
+    stats = RunStats()
+    context = RemoteContext(executor, _upload_args(executor, args, stats), RunState(stats), progress=progress)
     factory = search_factory(bound_kernel, args, algorithm, **kwargs)
     return RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context)
 
@@ -148,26 +103,21 @@ def resolve_target(target: Any, executor: RemoteBenchmarkExecutor, args: Sequenc
     if target is None and any(getattr(a, "is_cuda", False) for a in args):
         return None
     if target is None or target == "auto":
-        describe = getattr(executor, "target_profile", None)
-        data = describe() if callable(describe) else None
+        data = executor.target_profile()
         if data is None:
             if target == "auto":
                 raise ValueError(
                     f"target='auto' needs GPU workers to describe, but backend "
-                    f"{getattr(executor, 'name', type(executor).__name__)!r} has none; pass a profile "
-                    "name (e.g. target='h100') or target=None"
+                    f"{_backend_name(executor)!r} has none; pass a profile name (e.g. target='h100') or target=None"
                 )
             return None
         return TargetProfile.from_dict(data)
     return load_profile(target)
 
 
-def suggested_codegen_workers(executor: object) -> int:
-    """The backend's advice on codegen processes (0 when it has none)."""
-    suggest = getattr(executor, "suggested_codegen_workers", None)
-    if not callable(suggest):
-        return 0
-    count = suggest()
+def suggested_codegen_workers(executor: RemoteBenchmarkExecutor) -> int:
+    """The backend's advice on codegen processes, checked (0 when it has none)."""
+    count = executor.suggested_codegen_workers()
     if not isinstance(count, int) or count < 0:
         raise TypeError(f"{type(executor).__name__}.suggested_codegen_workers() must return an int >= 0, got {count!r}")
     return count
@@ -221,87 +171,167 @@ def autotune(
     override the effort profile's), ``settings`` are Helion settings
     (``autotune_budget_seconds=...``, ``autotune_random_seed=...``).
     """
-    if effort is not None and effort not in ("none", "quick", "full"):
-        raise ValueError(f"unknown effort {effort!r}; valid efforts: none, quick, full")
+    _validate_options(effort, codegen_workers)
     algorithm_cls = resolve_algorithm(algorithm)
-    if isinstance(backend, str) or backend is None:
-        executor = shared_executor(backend)
-    else:
-        executor = backend
+    executor = _pick_executor(backend)
     started = time.perf_counter()
     args = tuple(args)
     overrides = {**settings, **({"autotune_effort": effort} if effort is not None else {})}
     private = private_kernel(kernel, overrides)
     stats = RunStats()
-    progress = ProgressLine() if private.settings.autotune_progress_bar else None
-    context = _make_context(executor, args, stats, max_infra_retries=max_infra_retries, progress=progress)
-    context.deduplicate_sources = deduplicate_sources
-    if not order_by_compile_cost:
-        context.compile_cost = None
-    if codegen_workers is not None and (not isinstance(codegen_workers, int) or codegen_workers < 0):
-        raise ValueError(f"codegen_workers must be an int >= 0 or None (the backend's suggestion), got {codegen_workers!r}")
-    codegen_asked = codegen_workers is not None
-    if codegen_workers is None:
-        codegen_workers = suggested_codegen_workers(executor)
+    args_digest = _upload_args(executor, args, stats)
+    processes = suggested_codegen_workers(executor) if codegen_workers is None else codegen_workers
     profile = resolve_target(target, executor, args)
     with contextlib.ExitStack() as stack:
-        search_args: tuple[object, ...] = args
-        if profile is not None:
-            from helion_remote.target import emulate_target, space_report, stand_in_args
-
-            # Open before the bind and keep open through the last codegen:
-            # Helion queries the device lazily, per config.
-            stack.enter_context(emulate_target(profile))
-            search_args = tuple(stand_in_args(args))
-        bound = private.bind(search_args)
-        if profile is not None:
-            definition = kernel_definition(kernel)
-            context.target_fingerprint = profile.fingerprint
-            if definition is not None:
-                context.space_report = space_report(bound)
-                context.kernel_definition, context.kernel_attr = definition
-                context.settings = tuple(sorted(overrides.items()))
-        if codegen_workers and bound.settings.autotune_effort != "none":
-            from helion_remote.coordinator.codegen_pool import start_codegen_pool
-
-            context.codegen_pool = start_codegen_pool(kernel, bound, args, overrides, profile, codegen_workers,
-                                                      asked=codegen_asked)
-            if context.codegen_pool is not None:
-                stack.callback(context.codegen_pool.close)
-        if bound.settings.autotune_effort == "none":
-            config = bound.config_spec.default_config()
-        else:
-            factory = search_factory(bound, search_args, algorithm_cls, **(algorithm_options or {}))
-            # The cache enters remote_mode for the whole run (trials included).
-            config = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context).autotune()
-        codegen_processes = 0 if context.codegen_pool is None else context.codegen_pool.size
-        best_ms = context.last_perf_ms.get(kernel_source(bound, config).digest, math.inf)
-        decorator = bound.format_kernel_decorator(config, bound.settings)
+        bound, search_args = _bind_under_emulation(private, args, profile, stack)
+        context = RemoteContext(
+            executor,
+            args_digest,
+            RunState(stats, order_by_compile_cost=order_by_compile_cost),
+            RunOptions(max_infra_retries=max_infra_retries, deduplicate_sources=deduplicate_sources),
+            target=_target_check(kernel, bound, profile, overrides),
+            progress=ProgressLine() if private.settings.autotune_progress_bar else None,
+            codegen_pool=_start_codegen_pool(stack, kernel, bound, args, overrides, profile, processes,
+                                             asked=codegen_workers is not None),
+        )
+        found = _search(bound, search_args, algorithm_cls, algorithm_options or {}, context)
     stats.wall_s = time.perf_counter() - started
-    result = AutotuneResult(
+    result = _build_result(found, context, algorithm_cls, profile)
+    if print_result:
+        _print_result(result, stats)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """What the search found, read while the target is still emulated."""
+
+    config: Any
+    best_ms: float
+    decorator: str
+    kernel_name: str
+    codegen_processes: int
+
+
+def _validate_options(effort: str | None, codegen_workers: int | None) -> None:
+    if effort is not None and effort not in _EFFORTS:
+        raise ValueError(f"unknown effort {effort!r}; valid efforts: {', '.join(_EFFORTS)}")
+    if codegen_workers is not None and (not isinstance(codegen_workers, int) or codegen_workers < 0):
+        raise ValueError(f"codegen_workers must be an int >= 0 or None (the backend's suggestion), got {codegen_workers!r}")
+
+
+def _pick_executor(backend: str | RemoteBenchmarkExecutor | None) -> RemoteBenchmarkExecutor:
+    """A backend name (or None: ``$HELION_REMOTE_BACKEND``) means the process's shared executor."""
+    if isinstance(backend, str) or backend is None:
+        return shared_executor(backend)
+    return backend
+
+
+def _upload_args(executor: RemoteBenchmarkExecutor, args: Sequence[object], stats: RunStats) -> str:
+    """Upload the arguments (once per content) and return their digest."""
+    upload = upload_args(executor.blob_store, args)
+    stats.blob_bytes_uploaded += upload.bytes_uploaded
+    stats.blob_puts += upload.puts
+    stats.blob_puts_skipped += upload.puts_skipped
+    return upload.digest
+
+
+def _bind_under_emulation(
+    private: Any, args: tuple[object, ...], profile: Any, stack: contextlib.ExitStack
+) -> tuple[Any, tuple[object, ...]]:
+    """The bound kernel and the arguments the search sees (stand-ins when a target is emulated).
+
+    The emulation is entered on ``stack`` before the bind and stays open
+    through the last codegen: Helion queries the device lazily, per config.
+    """
+    if profile is None:
+        return private.bind(args), args
+    from helion_remote.target import emulate_target, stand_in_args
+
+    stack.enter_context(emulate_target(profile))
+    search_args = tuple(stand_in_args(args))
+    return private.bind(search_args), search_args
+
+
+def _target_check(kernel: Any, bound: Any, profile: Any, overrides: dict[str, object]) -> TargetCheck | None:
+    """What the worker needs to check the emulated space; no guard when the kernel cannot be shipped."""
+    if profile is None:
+        return None
+    definition = kernel_definition(kernel)
+    if definition is None:
+        return TargetCheck(profile.fingerprint)
+    from helion_remote.target import space_report
+
+    return TargetCheck(profile.fingerprint, space_report(bound), *definition, settings=tuple(sorted(overrides.items())))
+
+
+def _start_codegen_pool(
+    stack: contextlib.ExitStack, kernel: Any, bound: Any, args: Sequence[object], overrides: dict[str, object],
+    profile: Any, processes: int, *, asked: bool,
+) -> Any:
+    """A pool of codegen processes closed with ``stack``, or None (none wanted, effort none, not shippable)."""
+    if not processes or bound.settings.autotune_effort == "none":
+        return None
+    from helion_remote.coordinator.codegen_pool import start_codegen_pool
+
+    pool = start_codegen_pool(kernel, bound, args, overrides, profile, processes, asked=asked)
+    if pool is not None:
+        stack.callback(pool.close)
+    return pool
+
+
+def _search(
+    bound: Any, search_args: tuple[object, ...], algorithm_cls: type, algorithm_options: dict[str, object],
+    context: RemoteContext,
+) -> _Found:
+    """Run the search (effort none: the default config) and read what it found."""
+    if bound.settings.autotune_effort == "none":
+        config = bound.config_spec.default_config()
+    else:
+        factory = search_factory(bound, search_args, algorithm_cls, **algorithm_options)
+        # The cache enters remote_mode for the whole run (trials included).
+        config = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context).autotune()
+    return _Found(
         config=config,
-        best_ms=best_ms,
-        decorator=decorator,
-        stats=stats.to_dict(),
-        backend=getattr(executor, "name", type(executor).__name__),
-        algorithm=algorithm_cls.__name__,
+        best_ms=context.state.last_perf_ms.get(kernel_source(bound, config).digest, math.inf),
+        decorator=bound.format_kernel_decorator(config, bound.settings),
         kernel_name=bound.kernel.name,
+        codegen_processes=0 if context.codegen_pool is None else context.codegen_pool.size,
+    )
+
+
+def _build_result(found: _Found, context: RemoteContext, algorithm_cls: type, profile: Any) -> AutotuneResult:
+    stats = context.stats
+    result = AutotuneResult(
+        config=found.config,
+        best_ms=found.best_ms,
+        decorator=found.decorator,
+        stats=stats.to_dict(),
+        backend=_backend_name(context.executor),
+        algorithm=algorithm_cls.__name__,
+        kernel_name=found.kernel_name,
         target=None if profile is None else f"{profile.name} ({profile.fingerprint[:12]})",
         records=list(stats.records),
     )
-    if context.compile_cost is not None:
-        result.stats["compile_order"] = context.compile_cost.summary()
-    result.stats["codegen_workers"] = codegen_processes
-    cost = getattr(executor, "cost_report", None)
-    if callable(cost):
-        result.stats["cost"] = str(cost())
-    if print_result:
-        print(
-            f"[helion-remote] {result.kernel_name}: best {best_ms:.4f} ms, "
-            f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
-            f"({result.algorithm}{', target ' + result.target if result.target else ''})"
-            f"{chr(10) + 'estimated cost: ' + str(result.stats['cost']) if 'cost' in result.stats else ''}"
-            f"\n{result.decorator}",
-            file=sys.stderr,
-        )
+    if context.state.compile_cost is not None:
+        result.stats["compile_order"] = context.state.compile_cost.summary()
+    result.stats["codegen_workers"] = found.codegen_processes
+    cost = context.executor.cost_report()
+    if cost is not None:
+        result.stats["cost"] = str(cost)
     return result
+
+
+def _print_result(result: AutotuneResult, stats: RunStats) -> None:
+    cost = f"\nestimated cost: {result.stats['cost']}" if "cost" in result.stats else ""
+    target = f", target {result.target}" if result.target else ""
+    print(
+        f"[helion-remote] {result.kernel_name}: best {result.best_ms:.4f} ms, "
+        f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
+        f"({result.algorithm}{target}){cost}\n{result.decorator}",
+        file=sys.stderr,
+    )
+
+
+def _backend_name(executor: RemoteBenchmarkExecutor) -> str:
+    return executor.name or type(executor).__name__

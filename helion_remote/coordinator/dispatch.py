@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from helion_remote.errors import SearchError
-from helion_remote.protocol import BenchmarkJob, JobResult, RemoteSession
+from helion_remote.executor import RemoteSession
+from helion_remote.protocol import BenchmarkJob, JobResult
+from helion_remote.result_stream import ResultStream
 from helion_remote.coordinator.stats import RunStats
 
 T = TypeVar("T")
@@ -53,14 +55,14 @@ def run_jobs(
     """
     final: dict[str, JobResult] = {}
     by_id: dict[str, BenchmarkJob] = {}
-    opened: list[Iterator[JobResult]] = []
+    opened: list[ResultStream] = []
     try:
         for chunk in job_chunks:
             if not chunk:
                 continue
             for job in chunk:
                 by_id[job.job_id] = job
-            opened.append(iter(session.submit(list(chunk))))
+            opened.append(session.submit(list(chunk)))
         streams = list(opened)
         while streams:
             retry: list[BenchmarkJob] = []
@@ -90,15 +92,13 @@ def run_jobs(
                         stats.devices_used.add(result.device_name)
                     if on_result is not None:
                         on_result(result)
-            streams = [iter(session.submit(retry))] if retry else []
+            streams = [session.submit(retry)] if retry else []
             opened.extend(streams)
     finally:
         # Leaving early (an exception, Ctrl-C): cancel every job not yet answered,
         # including chunks never read (a stream's close() is a no-op once drained).
         for stream in opened:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            stream.close()
     missing = [job_id for job_id in by_id if job_id not in final]
     if missing:
         raise RuntimeError(f"executor lost jobs {missing[:5]} (of {len(missing)}) without a result")

@@ -6,6 +6,8 @@ import dataclasses
 import threading
 from collections import Counter
 
+from helion_remote.protocol import JobResult
+
 
 @dataclasses.dataclass
 class RunStats:
@@ -49,7 +51,7 @@ class RunStats:
     """Benchmark batches the search asked for; each journal row names its batch."""
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
-    def record(self, result: object) -> None:
+    def record(self, result: JobResult) -> None:
         with self._lock:
             self.records.append(
                 {
@@ -61,7 +63,7 @@ class RunStats:
                     "worker_id": result.worker_id,
                     "started_at": result.started_at,
                     "finished_at": result.finished_at,
-                    "stages": dict(getattr(result, "stages", {}) or {}),
+                    "stages": dict(result.stages),
                 }
             )
 
