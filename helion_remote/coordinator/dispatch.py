@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
-from helion_remote.errors import SearchError
+from helion_remote.errors import SearchError, with_remote_cause
 from helion_remote.executor import RemoteSession
 from helion_remote.protocol import BenchmarkJob, JobResult
 from helion_remote.result_stream import ResultStream
@@ -74,12 +74,12 @@ def run_jobs(
                     stats.record(result)
                     if result.status == "infra_error":
                         if job.attempt >= max_infra_retries:
-                            raise InfraRetriesExhausted(
+                            raise with_remote_cause(InfraRetriesExhausted(
                                 f"job {job.job_id} failed {job.attempt + 1} times on infrastructure "
                                 f"(last: {result.error_class}: {result.error_message} on worker "
                                 f"{result.worker_id or '?'}); the workers are unhealthy. Check the "
                                 "backend, or raise max_infra_retries."
-                            )
+                            ), result.traceback)
                         stats.infra_retries += 1
                         again = job.retry(result.worker_id)
                         by_id[job.job_id] = again

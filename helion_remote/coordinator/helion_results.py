@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from helion_remote.coordinator import _helion_compat as compat
-from helion_remote.errors import SearchError
+from helion_remote.errors import SearchError, with_remote_cause
 from helion_remote.protocol import JobResult, KernelSource, usable_ms
 
 if TYPE_CHECKING:
@@ -104,11 +104,11 @@ def _record_failure(provider: RemoteBenchmarkProvider, config: Any, result: JobR
     else:
         provider._record_worker_failure(config, "error")
     if result.fatal and not provider.settings.autotune_ignore_errors:
-        raise RemoteFatalKernelError(
+        raise with_remote_cause(RemoteFatalKernelError(
             f"worker {result.worker_id} hit an error Helion treats as fatal for the search "
             f"({result.error_class}: {result.error_message}); set autotune_ignore_errors=True "
             "to skip such configs instead"
-        )
+        ), result.traceback)
     provider.log.debug(
         f"remote {result.status} for {config!r} on {result.worker_id}: {result.error_class}: {result.error_message}"
     )
