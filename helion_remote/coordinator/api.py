@@ -19,7 +19,7 @@ from helion_remote.backends import create_executor, resolve_backend_name
 from helion_remote.coordinator.codegen import kernel_definition, kernel_source
 from helion_remote.kernel_copy import private_kernel
 from helion_remote.coordinator.progress import ProgressLine
-from helion_remote.protocol import RemoteBenchmarkExecutor
+from helion_remote.executor import RemoteBenchmarkExecutor
 from helion_remote.coordinator.provider import RemoteContext, bind_provider
 from helion_remote.coordinator.stats import RunStats
 

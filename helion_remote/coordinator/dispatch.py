@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from helion_remote.errors import SearchError
-from helion_remote.protocol import BenchmarkJob, JobResult, RemoteSession
+from helion_remote.executor import RemoteSession
+from helion_remote.protocol import BenchmarkJob, JobResult
 from helion_remote.coordinator.stats import RunStats
 
 T = TypeVar("T")

@@ -24,12 +24,11 @@ from helion_remote.coordinator.codegen import config_to_dict, kernel_source
 from helion_remote.coordinator.compile_order import CompileCostModel, compile_seconds
 from helion_remote.coordinator.dispatch import growing_chunks, run_jobs
 from helion_remote.errors import SearchError
+from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
 from helion_remote.protocol import (
     BenchmarkJob,
     JobResult,
     KernelSource,
-    RemoteBenchmarkExecutor,
-    RemoteSession,
     SessionSpec,
     SourceModule,
     Tolerances,
