@@ -7,7 +7,7 @@ which jobs a worker started.  The kinds:
 * ``ok``, ``ok2``: correct kernels (two configs, so two digests);
 * ``raises``: the kernel raises -> ``error``;
 * ``wrong``: the kernel computes the wrong answer -> ``accuracy_error``;
-* ``slow``: a correct kernel that takes about ``Harness.slow_s``;
+* ``slow``: a correct kernel that takes a while (the fake: 0.5 s; the others: 0.1 s per call);
 * ``infra``: a job whose worker is lost mid-job -> ``infra_error``.
 
 ``fake`` selects faults with ``FaultRule`` on the job's config; ``local`` runs
@@ -93,7 +93,7 @@ def kernel_sources() -> dict[str, KernelSource]:
         "ok2": ok2,
         "raises": edited(ok, HOST_LINE, "    raise RuntimeError('contract: this kernel raises')\n"),
         "wrong": edited(ok, BODY_LINE, "v_0 = load - load_1"),
-        "slow": edited(ok, HOST_LINE, "    import time; time.sleep(0.3)\n" + HOST_LINE),
+        "slow": edited(ok, HOST_LINE, "    import time; time.sleep(0.1)\n" + HOST_LINE),
         "infra": edited(ok, HOST_LINE, "    import time; time.sleep(1.0)\n" + HOST_LINE),
     }
 
@@ -107,8 +107,6 @@ class Harness(abc.ABC):
     name: ClassVar[str]
     parallel: ClassVar[int]
     """Jobs the executor runs at once."""
-    slow_s: ClassVar[float]
-    """About how long a ``slow`` job keeps a worker."""
 
     def __init__(self) -> None:
         self.sources = kernel_sources()
@@ -158,7 +156,6 @@ class Harness(abc.ABC):
 class FakeHarness(Harness):
     name = "fake"
     parallel = 2
-    slow_s = 0.5
 
     def make_executor(self) -> RemoteBenchmarkExecutor:
         from helion_remote.backends.fake import FakeExecutor, FaultRule
@@ -175,7 +172,7 @@ class FakeHarness(Harness):
             FaultRule("runtime_error", when=kind("raises")),
             FaultRule("accuracy_error", when=kind("wrong")),
             FaultRule("worker_crash", when=kind("infra"), attempts="all"),
-            FaultRule("straggler", when=kind("slow"), slow_factor=self.slow_s / 0.02),
+            FaultRule("straggler", when=kind("slow"), slow_factor=25),
         ])
 
     def fresh_executor(self) -> RemoteBenchmarkExecutor:
@@ -191,7 +188,6 @@ class FakeHarness(Harness):
 class LocalHarness(Harness):
     name = "local"
     parallel = 2
-    slow_s = 3.0
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
@@ -297,7 +293,6 @@ def _container_main(pool: str) -> None:  # pragma: no cover - runs in the child
 class ModalHarness(Harness):
     name = "modal"
     parallel = 1
-    slow_s = 3.0
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
@@ -438,14 +433,16 @@ def test_closing_a_stream_midway_cancels_the_jobs_not_yet_started(harness: Harne
     with harness.executor.open_session(harness.spec()) as session:
         n = 4 * harness.parallel
         ids = {f"cancel-{i}" for i in range(n)}
+        submitted = time.monotonic()
         stream = session.submit([harness.job(session.spec, "slow", job_id) for job_id in sorted(ids)])
         first = next(stream)
+        one_job_s = time.monotonic() - submitted
         assert first.job_id in ids
         stream.close()
         with pytest.raises(StopIteration):
             next(stream)  # nothing more comes out of a closed stream
-        # Long enough for every job to have started if the rest had not been cancelled.
-        time.sleep(2.5 * harness.slow_s)
+        # Long enough for two more rounds of jobs to start had the rest not been cancelled.
+        time.sleep(2.5 * one_job_s)
         started = harness.started() & ids
         assert len(started) <= 1 + 2 * harness.parallel < n, sorted(started)
         (after,) = list(session.submit([harness.job(session.spec, "ok", "cancel-after")]))
