@@ -107,6 +107,8 @@ class Harness(abc.ABC):
     name: ClassVar[str]
     parallel: ClassVar[int]
     """Jobs the executor runs at once."""
+    cheap_sessions: ClassVar[bool] = True
+    """``fresh_executor`` opens a session in well under a second (no worker process to start)."""
 
     def __init__(self) -> None:
         self.sources = kernel_sources()
@@ -188,6 +190,7 @@ class FakeHarness(Harness):
 class LocalHarness(Harness):
     name = "local"
     parallel = 2
+    cheap_sessions = False
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
@@ -373,6 +376,16 @@ def settles(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return predicate()
 
 
+@contextlib.contextmanager
+def opened(harness: Harness) -> Iterator[RemoteSession]:
+    """A session of the module's executor, closed after the check (the context manager is checked apart)."""
+    session = harness.executor.open_session(harness.spec())
+    try:
+        yield session
+    finally:
+        session.close()
+
+
 # ---------------------------------------------------------------------- the contract
 
 
@@ -395,7 +408,7 @@ def test_an_open_executor_declares_every_capability(harness: Harness) -> None:
 
 
 def test_submit_starts_every_job_before_the_stream_is_read(harness: Harness) -> None:
-    with harness.executor.open_session(harness.spec()) as session:
+    with opened(harness) as session:
         jobs = [harness.job(session.spec, kind, f"start-{kind}") for kind in ("ok", "ok2")]
         stream = session.submit(jobs)
         assert isinstance(stream, ResultStream) and iter(stream) is stream
@@ -410,7 +423,7 @@ def test_submit_starts_every_job_before_the_stream_is_read(harness: Harness) -> 
 
 
 def test_failures_come_back_as_statuses(harness: Harness) -> None:
-    with harness.executor.open_session(harness.spec()) as session:
+    with opened(harness) as session:
         kinds = ("ok", "raises", "wrong")
         results = {r.job_id: r for r in session.submit([harness.job(session.spec, k, f"fail-{k}") for k in kinds])}
         assert set(results) == {f"fail-{k}" for k in kinds}
@@ -420,7 +433,7 @@ def test_failures_come_back_as_statuses(harness: Harness) -> None:
 
 
 def test_a_lost_worker_is_an_infra_error_and_the_pool_goes_on(harness: Harness) -> None:
-    with harness.executor.open_session(harness.spec()) as session:
+    with opened(harness) as session:
         stream = session.submit([harness.job(session.spec, "infra", "infra-lost")])
         harness.lose_worker_running("infra-lost")
         (lost,) = list(stream)
@@ -430,7 +443,7 @@ def test_a_lost_worker_is_an_infra_error_and_the_pool_goes_on(harness: Harness) 
 
 
 def test_closing_a_stream_midway_cancels_the_jobs_not_yet_started(harness: Harness) -> None:
-    with harness.executor.open_session(harness.spec()) as session:
+    with opened(harness) as session:
         n = 4 * harness.parallel
         ids = {f"cancel-{i}" for i in range(n)}
         submitted = time.monotonic()
@@ -450,7 +463,7 @@ def test_closing_a_stream_midway_cancels_the_jobs_not_yet_started(harness: Harne
 
 
 def test_retime_uses_one_worker_for_every_call_of_a_session(harness: Harness) -> None:
-    with harness.executor.open_session(harness.spec()) as session:
+    with opened(harness) as session:
         kernels = [harness.sources["ok"], harness.sources["ok2"]]
         measured = list(session.submit([harness.job(session.spec, k, f"retime-{k}") for k in ("ok", "ok2")]))
         assert all(r.ok for r in measured), measured
@@ -474,14 +487,20 @@ def test_a_closed_session_refuses_submit(harness: Harness) -> None:
     assert "closed-session" not in harness.started()
 
 
-def test_a_closed_executor_refuses_new_sessions(harness: Harness) -> None:
+def test_a_closed_executor_refuses_new_sessions_and_jobs(harness: Harness) -> None:
     with harness.fresh_executor() as executor:
         assert not executor.closed
         spec = harness.spec(executor)
+        if harness.cheap_sessions:
+            session = executor.open_session(spec)
     assert executor.closed  # the context manager closed it
     executor.close()  # idempotent
     with pytest.raises(ExecutorClosedError):
         executor.open_session(spec)
+    if harness.cheap_sessions:  # a session outlives its executor only as a closed one
+        assert session.closed
+        with pytest.raises(ExecutorClosedError):
+            session.submit([harness.job(spec, "ok", "closed-executor")])
     with pytest.raises(ExecutorClosedError):
         with executor:
             pass

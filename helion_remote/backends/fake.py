@@ -349,7 +349,7 @@ class FakeSession(RemoteSession):
     """A search's session on the :class:`FakeExecutor`; finalists re-time on one worker."""
 
     def __init__(self, executor: FakeExecutor, spec: SessionSpec) -> None:
-        super().__init__(spec)
+        super().__init__(executor, spec)
         self.space_report = executor.space_report
         self._executor = executor
         self._retime_worker: _FakeWorker | None = None

@@ -235,7 +235,7 @@ class LocalSession(RemoteSession):
 
     def __init__(self, executor: LocalExecutor, spec: SessionSpec, retime_worker: WorkerHandle,
                  space_report: dict[str, object] | None) -> None:
-        super().__init__(spec)
+        super().__init__(executor, spec)
         self._executor = executor
         self._retime_worker = retime_worker
         self.space_report = space_report

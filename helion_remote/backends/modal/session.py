@@ -46,7 +46,7 @@ class ModalSession(RemoteSession):
 
     def __init__(self, executor: ModalExecutor, spec: SessionSpec, payload: dict[str, Any], jobs: Any, retimer: Any,
                  space_report: dict[str, object] | None) -> None:
-        super().__init__(spec)
+        super().__init__(executor, spec)
         self._executor = executor
         self._payload = payload
         self._jobs = jobs
