@@ -17,7 +17,7 @@ and overrides a capability only when it has it::
         def _open_session(self, spec) -> MySession: ... # load arguments + baseline; raise SessionOpenError
         def _close(self) -> None: ...                   # free processes, containers, threads
 
-    class MySession(RemoteSession):
+    class MySession(RemoteSession):                 # MySession(executor, spec): closed with its executor
         def _submit(self, jobs) -> ResultStream: ...   # jobs running when it returns
         def retime(self, kernels, *, warmup_ms, rep_ms, timeout_s) -> RetimeResult: ...
 
