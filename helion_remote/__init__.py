@@ -10,7 +10,6 @@ from helion_remote.coordinator.api import AutotuneResult, RemoteAutotuneCache, a
 from helion_remote.backends import backend_names, create_executor
 from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
 from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, SessionSpec
-from helion_remote.result_stream import ResultStream
 
 __all__ = [
     "AutotuneResult",
@@ -20,7 +19,6 @@ __all__ = [
     "RemoteAutotuneCache",
     "RemoteBenchmarkExecutor",
     "RemoteSession",
-    "ResultStream",
     "SessionSpec",
     "autotune",
     "autotuner_fn",
