@@ -8,14 +8,8 @@ from __future__ import annotations
 
 from helion_remote.coordinator.api import AutotuneResult, RemoteAutotuneCache, autotune, autotuner_fn, shared_executor
 from helion_remote.backends import backend_names, create_executor
-from helion_remote.protocol import (
-    BenchmarkJob,
-    JobResult,
-    KernelSource,
-    RemoteBenchmarkExecutor,
-    RemoteSession,
-    SessionSpec,
-)
+from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
+from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, SessionSpec
 
 __all__ = [
     "AutotuneResult",

@@ -17,7 +17,7 @@ and overrides a capability only when it has it::
         def _open_session(self, spec) -> MySession: ... # load arguments + baseline; raise SessionOpenError
         def _close(self) -> None: ...                   # free processes, containers, threads
 
-    class MySession(RemoteSession):
+    class MySession(RemoteSession):                 # MySession(executor, spec): closed with its executor
         def _submit(self, jobs) -> ResultStream: ...   # jobs running when it returns
         def retime(self, kernels, *, warmup_ms, rep_ms, timeout_s) -> RetimeResult: ...
 
@@ -62,19 +62,22 @@ class RemoteSession(abc.ABC):
     space_report: dict[str, object] | None = None
     spread_covers_batch_workers: ClassVar[bool] = False
 
-    def __init__(self, spec: SessionSpec) -> None:
+    def __init__(self, executor: RemoteBenchmarkExecutor, spec: SessionSpec) -> None:
         self.spec = spec
+        self._owner = executor
         self._closed = False
         self._close_lock = threading.Lock()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed itself, or its executor was (a closed executor's workers are gone)."""
+        return self._closed or self._owner.closed
 
     def submit(self, jobs: Sequence[BenchmarkJob]) -> ResultStream:
         """Start ``jobs`` now; the stream yields one result per job in completion order.
 
-        Jobs are running when this returns (the coordinator submits a batch in
+        Refused (``ExecutorClosedError``) once the session or its executor is
+        closed.  Jobs are running when this returns (the coordinator submits a batch in
         chunks while it still generates code, then drains the streams).  The
         coordinator closes every stream it stops reading early, read or not:
         ``ResultStream.close()`` cancels the jobs not yet yielded.
@@ -120,6 +123,7 @@ class RemoteSession(abc.ABC):
     def _check_open(self) -> None:
         if self._closed:
             raise ExecutorClosedError(f"session {self.spec.session_id} is closed; open a new one")
+        self._owner._check_open()
 
     def __enter__(self) -> RemoteSession:
         return self

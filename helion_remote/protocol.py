@@ -1,4 +1,4 @@
-"""Wire types and the executor protocol shared by every backend.
+"""Wire types shared by every backend (the executor contract is ``helion_remote.executor``).
 
 Everything here is plain data (dataclasses of str/int/float/tuple/dict), so a
 job or result crosses a process, a pipe or a Modal call unchanged.  The split
@@ -15,11 +15,7 @@ import json
 import math
 import time
 import traceback as _traceback
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from helion_remote.blobs import BlobStore
+from typing import Literal
 
 Status = Literal["ok", "error", "timeout", "accuracy_error", "infra_error"]
 STATUSES: tuple[str, ...] = ("ok", "error", "timeout", "accuracy_error", "infra_error")
@@ -303,81 +299,6 @@ class WorkerInfo:
     device_name: str
     device_uuid: str = ""
     interpreter: bool = False
-
-
-@runtime_checkable
-class RemoteSession(Protocol):
-    """One search's view of an executor: arguments and baseline are loaded."""
-
-    spec: SessionSpec
-
-    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
-        """Start ``jobs`` now; the iterator yields one result per job in completion order.
-
-        Jobs must be running when ``submit`` returns (not when the iterator is
-        first consumed): the coordinator submits a batch in chunks as it
-        generates code, then drains the iterators.
-
-        Infrastructure trouble is a result with ``status='infra_error'`` (the
-        caller retries it), not an exception.  Raise only when the whole
-        executor is unusable.
-
-        The coordinator calls the iterator's ``close()`` (when it has one) on
-        every stream it stops reading early, read or not: jobs not yet yielded
-        should be cancelled then.  A generator cannot promise that (closing
-        one that never started skips its ``finally``); return a
-        :class:`~helion_remote.result_stream.ResultStream`.
-        """
-        ...
-
-    def retime(
-        self,
-        kernels: Sequence[KernelSource],
-        *,
-        warmup_ms: float,
-        rep_ms: float,
-        timeout_s: float,
-    ) -> RetimeResult:
-        """Re-time already-measured kernels together on ONE worker.
-
-        The same worker is used for every ``retime`` call of a session while it
-        lives, so a multi-window final selection compares like with like.
-        ``timeout_s`` bounds the whole call (the provider sizes it to the
-        number of kernels; see ``provider.retime_call_timeout_s``).
-        """
-        ...
-
-    # Optional: ``retime_spread(kernels, *, warmup_ms, rep_ms, timeout_s)`` re-times a
-    # population over several same-model workers, anchored to ``kernels[0]`` and
-    # reported in ``retime``'s units (see ``LocalExecutor``).  Sessions without it
-    # get ``retime``.
-    # Optional: ``spread_covers_batch_workers = True`` says every worker that times
-    # batch jobs takes part in each spread, so the provider may put batch timings in
-    # worker 0's units with the spread's factors (``spread.WorkerScales``).  Leave it
-    # unset where batch workers come and go unanchored (Modal's job containers):
-    # scaling some timings and not others would mix units.
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class RemoteBenchmarkExecutor(Protocol):
-    """A pool of workers that compile, check and time generated kernels."""
-
-    name: str
-
-    @property
-    def blob_store(self) -> BlobStore:
-        """Where the coordinator uploads argument blobs for this executor."""
-        ...
-
-    def open_session(self, spec: SessionSpec) -> RemoteSession: ...
-
-    def workers(self) -> Sequence[WorkerInfo]:
-        """The workers this executor runs on (may start them)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def usable_ms(perf_ms: float) -> bool:

@@ -15,9 +15,10 @@ import torch
 import helion
 import helion.language as hl
 from helion_remote.argcodec import upload_args
-from helion_remote.backends import local as local_backend
+import helion_remote.backends.local.executor as local_backend
 from helion_remote.backends.local import LocalExecutor, MixedDevicesError
-from helion_remote.protocol import BenchmarkJob, KernelSource, RemoteBenchmarkExecutor, SessionSpec, Tolerances
+from helion_remote.executor import RemoteBenchmarkExecutor
+from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances
 
 pytestmark = pytest.mark.filterwarnings("ignore:helion_remote local backend")
 

@@ -18,6 +18,7 @@ import torch
 
 from helion_remote.argcodec import upload_args
 from helion_remote.backends.local import LocalExecutor
+from helion_remote.backends.local.pipeline import Pipeline
 from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, SessionSpec, Tolerances
 from helion_remote.worker.runtime import CompileOutcome
 
@@ -64,9 +65,7 @@ class StandInWorker:
 def _executor(tmp_path: Path, devices: list[StandInWorker], compilers: list[StandInWorker],
               per_worker: int = 4) -> LocalExecutor:
     ex = LocalExecutor(cpu_workers=1, work_dir=tmp_path)  # real scheduler; its interpreter handles never start
-    ex._devices, ex._compilers = devices, compilers  # type: ignore[assignment]
-    ex._capacity = per_worker * len(devices)
-    ex._compile_slots = len(compilers)
+    ex._pipeline = Pipeline(devices, compilers, per_worker * len(devices))  # type: ignore[arg-type]
     ex._gpu_memory = 1 << 40  # room for every compile slot
     return ex
 
@@ -101,9 +100,10 @@ def test_a_stream_closed_early_frees_every_slot_it_held(tmp_path: Path, spec_for
         session = ex.open_session(spec_for(ex))
         stream = session.submit(_jobs(session.spec, "a", 8))
         next(stream)
-        assert _settles(lambda: len(ex._ready) > 0)  # compiled candidates wait for the GPU
+        assert _settles(lambda: len(ex._pipeline.ready) > 0)  # compiled candidates wait for the GPU
         stream.close()  # the coordinator gave up (an error, Ctrl-C)
-        assert _settles(lambda: ex._admitted == 0 and not ex._ready and not ex._pending), ex._admitted
+        pipeline = ex._pipeline
+        assert _settles(lambda: pipeline.admitted == 0 and not pipeline.ready and not pipeline.pending), pipeline.admitted
         # The next batch gets the whole pipeline.
         assert sorted(r.job_id for r in session.submit(_jobs(session.spec, "b", 2))) == ["b0", "b1"]
     finally:

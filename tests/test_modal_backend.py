@@ -437,7 +437,7 @@ def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import helion_remote.backends.modal.executor as modal_backend
+    import helion_remote.backends.modal.session as modal_backend
 
     monkeypatch.setattr(modal_backend, "BUDGET_POLL_S", 0.05)
     with slow_jobs_session(tmp_path, 30.0, max_containers=2) as (server, executor, session):
@@ -460,7 +460,7 @@ def test_closing_the_executor_answers_a_waiting_reader_and_cancels_its_calls(
 
 def test_calls_still_queued_when_the_budget_is_spent_are_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Modal runs every call it was given: the budget must cancel the ones still out, not only refuse new ones."""
-    import helion_remote.backends.modal.executor as modal_backend
+    import helion_remote.backends.modal.session as modal_backend
 
     monkeypatch.setattr(modal_backend, "BUDGET_POLL_S", 0.02)
     server = StandInModal(tmp_path, slow_s=0.05, fault=lambda m, a: "slow" if m == "run_job" else None)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from helion_remote.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from helion_remote.protocol import RemoteBenchmarkExecutor
+    from helion_remote.executor import RemoteBenchmarkExecutor
 
 BACKENDS: dict[str, str] = {
     "fake": "helion_remote.backends.fake:FakeExecutor",

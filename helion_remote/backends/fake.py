@@ -39,13 +39,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Literal
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ClassVar, Literal
 
 from helion_remote.blobs import BlobStore, MemoryBlobStore
+from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
+from helion_remote.result_stream import ResultStream
 from helion_remote.spread import spread_groups, spread_retime
 from helion_remote.protocol import (
     BenchmarkJob,
@@ -144,7 +148,7 @@ class _FakeWorker:
         return f"fake-{self.slot}.{self.generation}"
 
 
-class FakeExecutor:
+class FakeExecutor(RemoteBenchmarkExecutor):
     """In-process executor; see the module docstring for its semantics."""
 
     name = "fake"
@@ -175,6 +179,7 @@ class FakeExecutor:
             )
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s!r}")
+        super().__init__()
         self.seed = seed
         self.latency_s = latency_s
         self.cost_model = cost_model
@@ -195,7 +200,7 @@ class FakeExecutor:
         self._lock = threading.Lock()
         self._next_worker = 0
         self._measured: dict[str, dict[str, object]] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fake-worker")  # threads start on first use
         self.sessions_opened = 0
         self.jobs_run = 0
         self.retime_calls = 0
@@ -207,31 +212,40 @@ class FakeExecutor:
     def workers(self) -> list[WorkerInfo]:
         return [WorkerInfo(w.worker_id, self.device_name, f"FAKE-{w.slot}") for w in self._workers]
 
-    def target_profile(self) -> dict[str, object] | None:
-        """The fake has no device to describe; pass ``target=`` a profile name instead."""
-        return None
-
-    def open_session(self, spec: SessionSpec) -> FakeSession:
+    def _open_session(self, spec: SessionSpec) -> FakeSession:
         if not self._blob_store.contains(spec.args_digest):
             raise KeyError(
                 f"args blob {spec.args_digest} is not in {self._blob_store.describe()}; "
                 "upload the arguments before opening a session"
             )
         self.sessions_opened += 1
-        return FakeSession(self, spec)
+        return (FakeSpreadSession if self.spread_retime else FakeSession)(self, spec)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+    def _close(self) -> None:
+        """Jobs not started are cancelled (their streams answer ``infra_error``); running ones finish."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- internals used by FakeSession -------------------------------------------------
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(len(self._workers), thread_name_prefix="fake-worker")
-            return self._pool
+    def _start(self, job: BenchmarkJob, results: queue.SimpleQueue[JobResult]) -> Future[JobResult]:
+        """Run ``job`` on the pool; its result (or a crash of the fake itself) lands in ``results``."""
+        future = self._pool.submit(self._run, job)
+
+        def deliver(done: Future[JobResult]) -> None:
+            if done.cancelled():
+                return  # the stream was closed (or the executor): nobody reads it
+            error = done.exception()
+            if error is None:
+                results.put(done.result())
+                return
+            # A cost model or predicate that raised: the fake's own trouble, not the kernel's.
+            text = "".join(traceback.format_exception(error))
+            results.put(JobResult(job.job_id, "infra_error", error_class=type(error).__name__,
+                                  error_message=f"the fake executor failed running this job:\n{text}",
+                                  kernel_digest=job.kernel.digest, finished_at=time.time()))
+
+        future.add_done_callback(deliver)
+        return future
 
     def _pick_worker(self, avoid: Sequence[str]) -> _FakeWorker:
         with self._lock:
@@ -269,7 +283,7 @@ class FakeExecutor:
         gauss = math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
         return base * math.exp(noise * gauss)
 
-    def _run(self, spec: SessionSpec, job: BenchmarkJob) -> JobResult:
+    def _run(self, job: BenchmarkJob) -> JobResult:
         worker = self._pick_worker(job.avoid_workers)
         worker_id = worker.worker_id
         started = time.time()
@@ -331,49 +345,50 @@ class FakeExecutor:
         return RetimeResult(tuple(timings), worker.worker_id, self.device_name, f"FAKE-{worker.slot}")
 
 
-class FakeSession:
-    """A search's session on the :class:`FakeExecutor`."""
+class FakeSession(RemoteSession):
+    """A search's session on the :class:`FakeExecutor`; finalists re-time on one worker."""
 
     def __init__(self, executor: FakeExecutor, spec: SessionSpec) -> None:
-        self.spec = spec
-        self.space_report: dict[str, object] | None = executor.space_report
+        super().__init__(executor, spec)
+        self.space_report = executor.space_report
         self._executor = executor
         self._retime_worker: _FakeWorker | None = None
         self._retime_calls = 0
-        self._closed = False
-        if executor.spread_retime:
-            self.retime_spread = self._retime_spread
-            self.spread_covers_batch_workers = True
 
-    def submit(self, jobs: Sequence[BenchmarkJob]) -> Iterator[JobResult]:
-        if self._closed:
-            raise RuntimeError("session is closed")
-        pool = self._executor._executor()
-        # Start now, like a real backend: the protocol says submit() launches.
-        pending: set[Future[JobResult]] = {pool.submit(self._executor._run, self.spec, job) for job in jobs}
-        return self._stream(pending)
+    def _submit(self, jobs: list[BenchmarkJob]) -> ResultStream:
+        """Every job is on the pool when this returns, like a real backend; ``close()`` cancels the unstarted."""
+        results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+        futures = [self._executor._start(job, results) for job in jobs]
 
-    @staticmethod
-    def _stream(pending: set[Future[JobResult]]) -> Iterator[JobResult]:
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+        def cancel() -> None:
+            for future in futures:
+                future.cancel()  # only jobs no worker thread has taken yet
 
-    def retime(self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float) -> RetimeResult:
+        return ResultStream([job.job_id for job in jobs], results, cancel, gone=lambda: self._executor.closed)
+
+    def _worker_for_retime(self) -> _FakeWorker:
         if self._retime_worker is None:
             self._retime_worker = self._executor._pick_worker(())
+        return self._retime_worker
+
+    def retime(self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float) -> RetimeResult:
+        worker = self._worker_for_retime()
         self._retime_calls += 1
         self._executor.retime_calls += 1
-        return self._executor._retime(kernels, self._retime_worker, self._retime_calls)
+        return self._executor._retime(kernels, worker, self._retime_calls)
 
-    def _retime_spread(
+
+class FakeSpreadSession(FakeSession):
+    """``spread_retime=True``: population re-benchmarks use every worker, anchored, as ``local`` on 2+ GPUs."""
+
+    spread_covers_batch_workers: ClassVar[bool] = True
+    """Every fake worker times batch jobs and takes part in each spread."""
+
+    def retime_spread(
         self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
     ) -> RetimeResult:
         """Population re-benchmark over every worker, in ``retime``'s worker's units."""
-        if self._retime_worker is None:
-            self._retime_worker = self._executor._pick_worker(())
-        first = self._retime_worker
+        first = self._worker_for_retime()
         workers = [first, *(w for w in self._executor._workers if w is not first)]
         groups = spread_groups(kernels, len(workers))
         if groups is None:
@@ -387,14 +402,12 @@ class FakeSession:
             redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
         )
 
-    def close(self) -> None:
-        self._closed = True
-
 
 __all__ = [
     "FAULT_KINDS",
     "FakeExecutor",
     "FakeSession",
+    "FakeSpreadSession",
     "FaultRule",
     "default_cost_model",
 ]

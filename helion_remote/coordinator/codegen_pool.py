@@ -113,7 +113,7 @@ class _Member:
     """One pool process and the pipe to it."""
 
     def __init__(self, spec: CodegenSpec, method: str) -> None:
-        from helion_remote.worker.process import _SPAWN_ENV_LOCK, _main_module_hidden, start_worker_server
+        from helion_remote.worker.launch import SPAWN_ENV_LOCK, main_module_hidden, start_worker_server
 
         if method == "forkserver":
             start_worker_server()  # the GPU workers' server: torch and Helion already imported
@@ -121,7 +121,7 @@ class _Member:
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_child, args=(child, spec, dict(os.environ)), daemon=True,
                                        name="helion-remote-codegen")
-        with _SPAWN_ENV_LOCK, _main_module_hidden():
+        with SPAWN_ENV_LOCK, main_module_hidden():
             self.process.start()
         child.close()
 
@@ -307,9 +307,9 @@ def start_codegen_pool(
 
 def _start_methods() -> list[str]:
     """Fork from the GPU workers' preloaded server when it is in use (sub-second start), else spawn."""
-    from helion_remote.worker.process import _forkserver_wanted
+    from helion_remote.worker.launch import forkserver_wanted
 
-    return ["forkserver", "spawn"] if _forkserver_wanted() else ["spawn"]
+    return ["forkserver", "spawn"] if forkserver_wanted() else ["spawn"]
 
 
 def _to_source(payload: tuple[str, str, tuple[tuple[str, str], ...]]) -> KernelSource:

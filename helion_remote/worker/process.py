@@ -44,12 +44,9 @@ from helion_remote.protocol import (
     clip_message,
 )
 from helion_remote.worker import launch
-from helion_remote.worker.launch import (  # noqa: F401 - re-exported: the coordinator's code-generation pool uses them
-    SPAWN_ENV_LOCK as _SPAWN_ENV_LOCK,
+from helion_remote.worker.launch import (  # noqa: F401 - WorkerSpec, child_environment, start_worker_server re-exported
     WorkerSpec,
     child_environment,
-    forkserver_wanted as _forkserver_wanted,
-    main_module_hidden as _main_module_hidden,
     start_worker_server,
 )
 from helion_remote.worker.pipe import (
@@ -140,6 +137,10 @@ class WorkerHandle:
             self._info = reply[1]
             self.timings["start"] = time.perf_counter() - started
             return reply[1]
+
+    def info_if_started(self) -> WorkerInfo:
+        """What the worker reported when it last started (its id alone before that); never starts it."""
+        return self._info or WorkerInfo(self.worker_id, "")
 
     def info(self) -> WorkerInfo:
         return self.start()
@@ -290,7 +291,7 @@ class WorkerHandle:
         return JobResult.failed(
             job, status, message,
             error_class="WorkerTimedOut" if status == "timeout" else "WorkerLost",
-            worker=self._info or WorkerInfo(self.worker_id, ""),
+            worker=self.info_if_started(),
             started_at=started, compile_time_s=compile_time_s,
             traceback=None if isinstance(error, str) else _remote_traceback(error),
         )
@@ -298,7 +299,7 @@ class WorkerHandle:
     def _retime_failed(
         self, kernels: Sequence[KernelSource], status: Status, message: str, traceback: str | None = None
     ) -> RetimeResult:
-        info = self._info or WorkerInfo(self.worker_id, "")
+        info = self.info_if_started()
         message = clip_message(message)
         timings = tuple(RetimeTiming(k.digest, status, error_message=message, traceback=traceback) for k in kernels)
         return RetimeResult(timings, self.worker_id, info.device_name, info.device_uuid)

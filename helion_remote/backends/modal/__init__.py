@@ -12,11 +12,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BUDGET_EXCEEDED": "executor",
+    "BUDGET_EXCEEDED": "session",
     "MISSING_CREDENTIALS": "executor",
     "ModalExecutor": "executor",
     "ModalNotDeployed": "executor",
-    "ModalSession": "executor",
+    "ModalSession": "session",
     "ModalSessionError": "executor",
     "ModalSetupError": "executor",
     "ModalVersionMismatch": "executor",

@@ -1,4 +1,7 @@
-"""The ``modal`` backend: candidates compiled, checked and timed on Modal GPUs.
+"""The ``modal`` executor: connection, version handshake and sessions on Modal GPUs.
+
+Sessions (dispatch, waits, re-timing, the budget) live in
+:mod:`helion_remote.backends.modal.session`; this docstring describes both.
 
 Connection (at construction, before any upload):
 
@@ -46,27 +49,21 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import logging
-import math
-import queue
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from helion_remote.errors import BackendUnavailableError, ExecutorClosedError, SessionOpenError
-from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, RetimeTiming, SessionSpec, WorkerInfo
-from helion_remote.result_stream import ResultStream
 from helion_remote.backends.modal.blobs import DEFAULT_CHUNK_BYTES, VolumeBlobStore
 from helion_remote.backends.modal.client import ModalClient, RealModalClient
 from helion_remote.backends.modal.cost import CostMeter, CostReport
+from helion_remote.backends.modal.session import BUDGET_EXCEEDED, ModalSession, _cancel_calls
 from helion_remote.backends.modal.settings import BLOB_MOUNT, WORKER_CLS_NAME, ModalSettings
-from helion_remote.spread import spread_groups, spread_retime
-from helion_remote.backends.modal.wire import job_to_dict, kernel_to_dict, result_from_dict, retime_from_dict, spec_to_dict
-
-log = logging.getLogger(__name__)
+from helion_remote.backends.modal.wire import spec_to_dict
+from helion_remote.errors import BackendUnavailableError, SessionOpenError
+from helion_remote.executor import RemoteBenchmarkExecutor
+from helion_remote.protocol import BenchmarkJob, JobResult, SessionSpec, WorkerInfo
 
 MISSING_CREDENTIALS = (
     "Modal credentials are not set. Run `modal token new` (opens a browser), or set "
@@ -74,10 +71,6 @@ MISSING_CREDENTIALS = (
     "MODAL_PROFILE picks a profile from ~/.modal.toml."
 )
 COMPARED_VERSIONS = ("helion", "torch", "triton", "wire", "code")
-BUDGET_EXCEEDED = "BudgetExceeded"
-BUDGET_POLL_S = 5.0
-"""How often a job's wait re-checks the dollar budget: Modal runs every queued call it was
-given, so once the estimate passes the budget the calls still out are cancelled."""
 DEFAULT_JOB_S = 60 + 30 + 30
 """Helion's default compile (60 s) and benchmark (30 s) timeouts plus a margin."""
 
@@ -104,7 +97,7 @@ def _local_versions() -> dict[str, str]:
     return versions()
 
 
-class ModalExecutor:
+class ModalExecutor(RemoteBenchmarkExecutor):
     """A ``RemoteBenchmarkExecutor`` over Modal GPU containers (see the module docstring)."""
 
     name = "modal"
@@ -127,6 +120,7 @@ class ModalExecutor:
         output: Callable[[str], None] | None = None,
         _client: ModalClient | None = None,
     ) -> None:
+        super().__init__()
         overrides = dict(gpu=gpu, max_containers=max_containers, app_name=app_name, volume_name=volume_name,
                          environment=environment, mode=mode, max_cost_usd=max_cost_usd,
                          scaledown_window_s=scaledown_window_s, wait_timeout_s=wait_timeout_s)
@@ -146,7 +140,6 @@ class ModalExecutor:
         )
         self._exit = contextlib.ExitStack()
         self._lock = threading.Lock()
-        self._closed = False
         self._outstanding: set[Any] = set()
         """Calls spawned and not yet answered: close() cancels them."""
         self.deployment: str | None = None
@@ -283,10 +276,8 @@ class ModalExecutor:
             raise RuntimeError(f"the Modal worker could not describe its device: {profile['error']}")
         return profile
 
-    def open_session(self, spec: SessionSpec) -> ModalSession:
+    def _open_session(self, spec: SessionSpec) -> ModalSession:
         """Handshake, then open the session on one container: a broken reference fails here."""
-        if self._closed:
-            raise RuntimeError("ModalExecutor is closed")
         self._handshake()
         s = self.settings
         needed = int(s.session_load_s + spec.compile_timeout_s + spec.run_timeout_s + 30)
@@ -307,9 +298,7 @@ class ModalExecutor:
             retimer = self._variant(max_containers=1)(pool=self._retime_pool)
         else:
             retimer = self._jobs
-        session = ModalSession(self, spec, payload, self._jobs, retimer)
-        session.space_report = reply.get("space_report")
-        return session
+        return ModalSession(self, spec, payload, self._jobs, retimer, reply.get("space_report"))
 
     def cost_report(self) -> CostReport:
         return self.meter.report()
@@ -318,234 +307,29 @@ class ModalExecutor:
         """True once the dollar budget is spent (a hook for the provider's budget check)."""
         return self.meter.exceeded()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             outstanding, self._outstanding = list(self._outstanding), set()
-        for pool in (getattr(self, "_spawner", None), getattr(self, "_waiters", None)):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._spawner, self._waiters):
+            pool.shutdown(wait=False, cancel_futures=True)
         _cancel_calls(outstanding)  # stop paying for work nobody will read
         self._exit.close()
-        meter = getattr(self, "meter", None)
-        if meter is not None and self.settings.print_cost and meter.report().containers:
-            self._say(str(meter.report()))
-
-    def __enter__(self) -> ModalExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self.settings.print_cost and self.meter.report().containers:
+            self._say(str(self.meter.report()))
 
     # ------------------------------------------------------------------ used by sessions
 
     def _classify(self, job: BenchmarkJob, error: BaseException) -> JobResult:
         """A failed call as a result: the kernel's ``timeout`` or the platform's ``infra_error``."""
-        exc = self._client.exception
-        now = time.time()
-        common = dict(job_id=job.job_id, started_at=now, finished_at=now, kernel_digest=job.kernel.digest,
-                      error_class=type(error).__name__, error_message=str(error)[:4000] or type(error).__name__)
-        if isinstance(error, exc.FunctionTimeoutError):
-            return JobResult(status="timeout", **common)  # over compile + run + load: the kernel hung
+        if isinstance(error, self._client.exception.FunctionTimeoutError):
+            return JobResult.failed(job, "timeout", error)  # over compile + run + load: the kernel hung
         if isinstance(error, TimeoutError):  # FunctionCall.get(timeout=...) ran out: our deadline
-            common["error_message"] = f"no reply within {self.settings.wait_timeout_s}s (queue included)"
+            return JobResult.failed(job, "infra_error", f"no reply within {self.settings.wait_timeout_s}s "
+                                    "(queue included)", error_class=type(error).__name__)
         # InternalFailure (preemption), RemoteError (container died), OutputExpiredError,
-        # ConnectionError, ExecutionError ...: not the kernel's fault.
-        return JobResult(status="infra_error", **common)
-
-
-class ModalSession:
-    """One search on a :class:`ModalExecutor`."""
-
-    def __init__(self, executor: ModalExecutor, spec: SessionSpec, payload: dict[str, Any], jobs: Any, retimer: Any) -> None:
-        self.spec = spec
-        self._executor = executor
-        self._payload = payload
-        self._jobs = jobs
-        self._retimer = retimer
-        self._in_flight = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self.retime_containers: list[str] = []
-        self.space_report: dict[str, object] | None = None
-        """Helion's config space on the worker's real arguments (drift guard), when asked."""
-
-    def _busy(self) -> tuple[bool, int]:
-        with self._lock:
-            n = self._in_flight
-        return n > 0, min(n, self._executor.settings.job_containers)
-
-    def _over_budget(self, extra: int = 1) -> bool:
-        busy, _ = self._busy()
-        with self._lock:
-            expected = min(self._in_flight + extra, self._executor.settings.job_containers)
-        return self._executor.meter.exceeded(busy=busy, expected_containers=expected)
-
-    def submit(self, jobs: Sequence[BenchmarkJob]) -> ResultStream:
-        """Spawn every job now (or answer it at once); the stream yields in completion order
-        and ``close()`` before the end cancels the calls still running."""
-        if self._closed:
-            raise RuntimeError(f"session {self.spec.session_id} is closed")
-        ex = self._executor
-        results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
-        calls: list[Any] = []
-        spawns: list[tuple[BenchmarkJob, concurrent.futures.Future[Any]]] = []
-        for job in jobs:
-            if self._over_budget():
-                results.put(_budget_result(job, ex.meter.max_cost_usd))
-                continue
-            with self._lock:
-                self._in_flight += 1
-            spawns.append((job, ex._spawner.submit(self._jobs.run_job.spawn, self._payload, job_to_dict(job))))
-        deadline = time.monotonic() + ex.settings.wait_timeout_s
-        for job, future in spawns:  # every spawn has returned before submit() does
-            try:
-                call = future.result()
-            except Exception as error:  # noqa: BLE001 - a failed spawn is a transport failure
-                self._finished()
-                results.put(ex._classify(job, error))
-                continue
-            calls.append(call)
-            with ex._lock:
-                ex._outstanding.add(call)
-            ex._waiters.submit(self._wait, job, call, deadline, results)
-        return ResultStream([job.job_id for job in jobs], results, lambda: _cancel_calls(calls),
-                            gone=lambda: ex._closed)
-
-    def _finished(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-
-    def _wait(self, job: BenchmarkJob, call: Any, deadline: float, results: queue.SimpleQueue[JobResult]) -> None:
-        ex = self._executor
-        try:
-            reply = self._reply_within_budget(call, deadline)
-            if reply is None:
-                _cancel_calls([call])
-                result = _budget_result(job, ex.meter.max_cost_usd, cancelled=True)
-                return
-            ex.meter.observe(reply.get("container"))
-            result = result_from_dict(reply["result"])
-            if result.job_id != job.job_id:
-                result = JobResult(job.job_id, "infra_error", error_class="WrongJobId",
-                                   error_message=f"worker answered job {result.job_id!r} for {job.job_id!r}")
-        except BaseException as error:  # noqa: BLE001 - never lose a job
-            result = ex._classify(job, error)
-            if isinstance(error, TimeoutError):  # our deadline, not Modal's: stop the orphaned call
-                _cancel_calls([call])
-        finally:
-            self._finished()
-            with ex._lock:
-                ex._outstanding.discard(call)
-            results.put(result)
-
-    def _reply_within_budget(self, call: Any, deadline: float) -> Any:
-        """The call's reply, or None once the budget is spent first (TimeoutError at the deadline).
-
-        Waits in slices of ``BUDGET_POLL_S``: between them it checks the budget and
-        whether the executor was closed (a waiter blocked on a closed executor's
-        call would keep the interpreter from exiting for up to ``wait_timeout_s``).
-        """
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                return call.get(timeout=max(0.0, min(left, BUDGET_POLL_S)))
-            except TimeoutError:
-                if left <= BUDGET_POLL_S:
-                    raise
-                if self._executor._closed:
-                    raise ExecutorClosedError("the Modal executor was closed before this job answered") from None
-                if self._executor.meter.max_cost_usd is not None and self._over_budget(extra=0):
-                    return None
-
-    def retime(
-        self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
-    ) -> RetimeResult:
-        """All finalists on this session's one re-timing container; failures keep earlier timings."""
-        return self._retime_on(self._retimer, kernels, warmup_ms, rep_ms, timeout_s, pinned=True)
-
-    def retime_spread(
-        self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float
-    ) -> RetimeResult:
-        """The population re-benchmark over the re-timing container and the job containers,
-        in the re-timing container's units (anchored; see :mod:`helion_remote.spread`)."""
-        groups = None
-        if self._retimer is not self._jobs:  # with no dedicated re-timing container, one call is as good
-            groups = spread_groups(kernels, 1 + self._executor.settings.job_containers)
-        if groups is None or self._over_budget(extra=len(groups) - 1):
-            return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
-        return spread_retime(
-            kernels, groups,
-            run=lambda i, group: self._retime_on(self._retimer if i == 0 else self._jobs, group, warmup_ms,
-                                                 rep_ms, timeout_s, pinned=i == 0),
-            redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
-        )
-
-    def _retime_on(
-        self, target: Any, kernels: Sequence[KernelSource], warmup_ms: float, rep_ms: float, timeout_s: float,
-        *, pinned: bool,
-    ) -> RetimeResult:
-        """One ``retime`` call on ``target``'s containers; ``pinned`` tracks the session's re-timing container."""
-        ex = self._executor
-        digests = [k.digest for k in kernels]
-
-        def failed(message: str) -> RetimeResult:
-            return RetimeResult(tuple(RetimeTiming(d, "infra_error", error_message=message) for d in digests))
-
-        if self._over_budget(extra=0):
-            return failed(f"{BUDGET_EXCEEDED}: the ${ex.meter.max_cost_usd} Modal budget is spent")
-        s = ex.settings
-        # ``timeout_s`` already bounds the whole call (the provider sizes it to the kernels);
-        # on top: a container's cold start and session load.
-        wait = s.startup_timeout_s + s.session_load_s + max(timeout_s, 1.0)
-        call = None
-        try:
-            call = target.retime.spawn(self._payload, [kernel_to_dict(k) for k in kernels], warmup_ms, rep_ms)
-            reply = call.get(timeout=wait)
-        except Exception as error:  # noqa: BLE001
-            if call is not None:  # a re-timing left running would hold the re-timing container
-                _cancel_calls([call])
-            if isinstance(error, TimeoutError):
-                return failed(f"no re-timing reply within {wait:.0f}s; the call was cancelled")
-            return failed(f"{type(error).__name__}: {error}")
-        stamp = reply.get("container") or {}
-        ex.meter.observe(stamp, job=not pinned)
-        if pinned and stamp.get("id"):
-            if self.retime_containers and self.retime_containers[-1] != stamp["id"]:
-                log.warning("re-timing container for session %s changed (%s -> %s): it was lost; timings of "
-                            "different calls may not compare", self.spec.session_id, self.retime_containers[-1],
-                            stamp["id"])
-            self.retime_containers.append(stamp["id"])
-        if "retime" not in reply:
-            return failed(str(reply.get("error", "no retime result")))
-        return retime_from_dict(reply["retime"])
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        ex = self._executor
-        if ex.settings.print_cost and ex.meter.report().containers:
-            ex._say(str(ex.meter.report()))
-
-
-def _cancel_calls(calls: Sequence[Any]) -> None:
-    """Stop paying for calls nobody will read (best effort: a call may have finished)."""
-    for call in calls:
-        with contextlib.suppress(Exception):
-            call.cancel(terminate_containers=False)
-
-
-def _budget_result(job: BenchmarkJob, budget: float | None, *, cancelled: bool = False) -> JobResult:
-    now = time.time()
-    what = "cancelled while queued or running" if cancelled else "not run"
-    return JobResult(
-        job_id=job.job_id, status="error", error_class=BUDGET_EXCEEDED,
-        error_message=f"{what}: the ${budget} Modal budget (max_cost_usd) is spent; the search keeps its best so far",
-        started_at=now, finished_at=now, kernel_digest=job.kernel.digest, perf_ms=math.inf,
-    )
+        # ConnectionError, ExecutionError ...: not the kernel's fault.  A container's own
+        # exception arrives with its traceback, which the result keeps.
+        return JobResult.failed(job, "infra_error", error)
 
 
 __all__ = [
