@@ -262,7 +262,10 @@ def test_a_bad_codegen_suggestion_is_named() -> None:
 
     with pytest.raises(TypeError, match="Odd.suggested_codegen_workers.*'four'"):
         suggested_codegen_workers(Odd())
-    assert suggested_codegen_workers(object()) == 0
+    from helion_remote.backends.fake import FakeExecutor
+
+    with FakeExecutor() as fake:  # the contract's default: no advice
+        assert suggested_codegen_workers(fake) == 0
 
 
 def test_close_kills_worker_processes(executor: LocalExecutor) -> None:
