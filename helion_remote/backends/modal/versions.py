@@ -28,12 +28,12 @@ DATA_FILES: tuple[str, ...] = ("profiles/*.json",)
 """Non-Python files the worker reads (built-in target profiles)."""
 
 
-def module_file(name: str) -> Path | None:
-    """The source file of helion_remote module ``name`` (a package's ``__init__.py``), if any."""
+def module_file(name: str, root: Path = ROOT) -> Path | None:
+    """The source file of helion_remote module ``name`` (a package's ``__init__.py``) under ``root``, if any."""
     parts = name.split(".")
     if parts[0] != PACKAGE:
         return None
-    base = ROOT.joinpath(*parts[1:])
+    base = root.joinpath(*parts[1:])
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -75,14 +75,13 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-@functools.cache
-def worker_modules(entries: tuple[str, ...] = ENTRY_MODULES) -> tuple[str, ...]:
-    """The static import closure of ``entries`` inside helion_remote, sorted."""
+def worker_modules(entries: tuple[str, ...] = ENTRY_MODULES, root: Path = ROOT) -> tuple[str, ...]:
+    """The static import closure of ``entries`` inside helion_remote (the package at ``root``), sorted."""
     seen: set[str] = set()
     todo = [parent for entry in entries for parent in _with_parents(entry)]
     while todo:
         name = todo.pop()
-        path = module_file(name)
+        path = module_file(name, root)
         if name in seen or path is None:
             continue
         seen.add(name)
@@ -91,20 +90,30 @@ def worker_modules(entries: tuple[str, ...] = ENTRY_MODULES) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def worker_files() -> list[Path]:
+def worker_files(root: Path = ROOT) -> list[Path]:
     """The files :func:`code_digest` covers: the closure's sources and the data files."""
-    files = {module_file(name) for name in worker_modules()}
+    files = {module_file(name, root) for name in worker_modules(root=root)}
     for pattern in DATA_FILES:
-        files.update(ROOT.glob(pattern))
+        files.update(root.glob(pattern))
     return sorted(f for f in files if f is not None)
 
 
-def code_digest() -> str:
-    """Identity of the helion_remote code a worker runs: a deployment built from other code differs."""
+def digest_files(files: Iterable[Path], root: Path = ROOT) -> str:
+    """sha256 over each file's path (relative to ``root``) and bytes, in the given order."""
     h = hashlib.sha256()
-    for path in worker_files():
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in files:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+@functools.cache
+def code_digest(root: Path = ROOT) -> str:
+    """Identity of the helion_remote code a worker runs: a deployment built from other code differs.
+
+    Cached: the files do not change under a running process, and the
+    executor asks on every handshake.
+    """
+    return digest_files(worker_files(root), root)
 
 
 def versions() -> dict[str, str]:
@@ -122,4 +131,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["DATA_FILES", "ENTRY_MODULES", "code_digest", "module_file", "versions", "worker_files", "worker_modules"]
+__all__ = [
+    "DATA_FILES",
+    "ENTRY_MODULES",
+    "code_digest",
+    "digest_files",
+    "module_file",
+    "versions",
+    "worker_files",
+    "worker_modules",
+]
