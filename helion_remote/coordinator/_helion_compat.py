@@ -55,6 +55,9 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "helion.autotuner.base_search.BaseSearch._benchmark_provider_cls",
     "helion.autotuner.base_search._FINAL_REBENCHMARK_ISOLATED_ENV",
     "helion.autotuner.base_search._WorkerFinalSelectionMeasurer",
+    "helion.autotuner.benchmark_provider.LocalBenchmarkProvider._record_compile_failure",
+    "helion.autotuner.benchmark_provider.LocalBenchmarkProvider._record_accuracy_failure",
+    "helion.autotuner.benchmark_provider.LocalBenchmarkProvider._record_worker_failure",
 )
 """Every private Helion name search-side code reads or sets (tests/test_import_rules.py holds
 every other module to this list)."""
@@ -130,6 +133,21 @@ def use_benchmark_provider(autotuner: Any, provider_cls: type) -> None:
     autotuner._benchmark_provider_cls = provider_cls
 
 
+def record_compile_failure(provider: Any, config: Any) -> None:
+    """Count a config that failed code generation in Helion's autotune metrics."""
+    provider._record_compile_failure(config)
+
+
+def record_accuracy_failure(provider: Any, config: Any) -> None:
+    """Count a config whose output did not match the baseline."""
+    provider._record_accuracy_failure(config)
+
+
+def record_worker_failure(provider: Any, config: Any, status: str) -> None:
+    """Count a config that errored or timed out (``status``: ``"error"`` | ``"timeout"``)."""
+    provider._record_worker_failure(config, status)
+
+
 def reference_config(config_spec: Any) -> Any:
     """The conservative config Helion uses to compute the accuracy baseline."""
     return config_spec.autotune_reference_config()
@@ -164,6 +182,9 @@ __all__ = [
     "_unset_fn",
     "helion_version",
     "provider_default_patch_target",
+    "record_accuracy_failure",
+    "record_compile_failure",
+    "record_worker_failure",
     "reference_config",
     "source_module_names",
     "use_benchmark_provider",

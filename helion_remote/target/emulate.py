@@ -39,8 +39,6 @@ from helion_remote.target.active import active_profile
 from helion_remote.target.profile import TargetProfile, dtype_key, load_profile
 
 _LOCK = threading.RLock()
-WARP_SPECIALIZE = "helion.language.loops._supports_warp_specialize"
-"""Called by the copied range-choice function as Helion's does: the binding current at call time."""
 
 
 class EmulationError(HelionRemoteError, RuntimeError):
@@ -165,7 +163,7 @@ def _range_choice_answer(profile: TargetProfile) -> Callable[..., None]:
             config_spec.static_ranges.append(loops.StaticRangeSpec(block_ids))
         if "loop_unroll_factor" in params:
             config_spec.range_unroll_factors.append(loops.RangeUnrollFactorSpec(block_ids))
-        if patches.current_binding(WARP_SPECIALIZE)() and "warp_specialize" in params:
+        if patches.current_binding(patches.WARP_SPECIALIZE)() and "warp_specialize" in params:
             config_spec.range_warp_specialize.append(loops.RangeWarpSpecializeSpec(block_ids))
         if "num_stages" in params:
             config_spec.range_num_stages.append(loops.RangeNumStagesSpec(block_ids))

@@ -227,6 +227,9 @@ ALSO_READ: tuple[str, ...] = (
 )
 """Checked at import with the patch points, so a Helion that drops one fails here, named."""
 
+WARP_SPECIALIZE = "helion.language.loops._supports_warp_specialize"
+"""The copied range-choice function calls this binding as Helion's does: as bound at call time."""
+
 CACHED_MODULES: tuple[str, ...] = ("helion._compat", "helion._hardware", "helion._compiler.triton.backend")
 """Helion modules whose ``functools.cache``'d helpers may memoize an emulated answer (cleared on exit)."""
 
@@ -349,6 +352,7 @@ __all__ = [
     "CACHED_MODULES",
     "CompileEnvironment",
     "HardwareInfo",
+    "WARP_SPECIALIZE",
     "PRIVATE_NAMES",
     "PATCH_POINTS",
     "PatchPoint",
