@@ -137,11 +137,18 @@ def load_private_kernel(
 
 
 def load_source_module(kernel_module: SourceModule, work_dir: str | os.PathLike[str] | None = None) -> Any:
-    """Import a shipped module from a content-addressed file (Triton needs real files)."""
+    """Import a shipped module from a content-addressed file (Triton needs real files).
+
+    The file is named like the original (``pkg.kernels`` -> ``kernels.py``):
+    Helion writes the file's base name into generated code (``# src[kernels.py:12]``),
+    so a codegen process binding the shipped copy generates the coordinator's code
+    byte for byte even when the original module is not importable there.
+    """
     from helion_remote.worker.modules import register_source_module, write_once
 
     root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir()) / f"helion_remote_modules-{os.getuid()}"
-    path = write_once(root / kernel_module.digest / f"{kernel_module.name}.py", kernel_module.source)
+    stem = kernel_module.name.rpartition(".")[2]
+    path = write_once(root / kernel_module.digest / f"{stem}.py", kernel_module.source)
     register_source_module(kernel_module, path)
     return sys.modules[kernel_module.name]
 
