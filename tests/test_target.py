@@ -355,6 +355,26 @@ def test_config_space_report_loads_shipped_source(tmp_path: Path, h100_reports: 
     assert Path(sys.modules[module.name].__file__).read_text() == module.source  # loaded from a real file
 
 
+def test_a_shipped_copy_generates_the_originals_code_byte_for_byte(tmp_path: Path) -> None:
+    """Helion writes the defining file's base name into generated code; the shipped copy keeps it,
+    so a codegen process that cannot import the original still matches the coordinator's digest."""
+    from helion_remote.coordinator.codegen import kernel_source
+    from helion_remote.protocol import SourceModule
+    from helion_remote.target.space import load_private_kernel
+
+    shipped = SourceModule("hr_shipped_pkg.probe_kernels", probe_source_module().source)  # not importable
+    args = probe_kernels.probe_args("matmul", "cpu", 64)
+    try:
+        copy = load_private_kernel(shipped, "matmul", None, tmp_path).bind(args)
+        assert Path(sys.modules[shipped.name].__file__).name == "probe_kernels.py"
+        original = private_kernel(probe_kernels.matmul, None).bind(args)
+        config = original.config_spec.default_config()
+        assert kernel_source(copy, config).module_source == kernel_source(original, config).module_source
+    finally:
+        sys.modules.pop(shipped.name, None)
+        sys.modules.pop("hr_shipped_pkg", None)
+
+
 # ------------------------------------------------------------------------- capture script
 
 

@@ -299,7 +299,7 @@ def test_pinned_atol_is_not_scaled_by_the_expected_rms(make_runtime) -> None:  #
 def test_a_planted_file_at_a_content_address_is_replaced_not_imported(tmp_path: Path) -> None:
     import sys
 
-    from helion_remote.target.drift import load_source_module
+    from helion_remote.target.space import load_source_module
     from helion_remote.worker.modules import write_once
 
     shipped = SourceModule("hr_planted_pkg_consts", "VALUE = 'shipped'\n")

@@ -49,6 +49,12 @@ the module attribute holding the ``@helion.kernel`` object.  Cheaper,
 kernel-independent check (once per worker and profile):
 ``compare_reports(emulated_probe_reports(profile), worker_probe_reports())``.
 
+Module sides (``tests/test_import_rules.py`` enforces them): the worker
+imports only :mod:`.profile`, :mod:`.active`, :mod:`.space`, :mod:`.capture`
+and :mod:`.probe_kernels`; :mod:`.emulate`, :mod:`.patches`, :mod:`.drift`
+and :mod:`.validate` are the coordinator's.  This package therefore loads
+every public name lazily, on first use.
+
 ``benchmarks/capture_target.py`` captures a profile on a GPU, computes the
 probe reports from real CUDA tensors and compares them with the emulated ones
 (``--compare-profile``); ``--dry-run`` smokes it on a CPU.
@@ -56,30 +62,54 @@ probe reports from real CUDA tensors and compares them with the emulated ones
 
 from __future__ import annotations
 
-from helion_remote.target.capture import CaptureError, capture_profile
-from helion_remote.target.drift import TargetDriftError, check_drift, config_space_report, differing_fields, space_report
-from helion_remote.target.emulate import Emulation, EmulationError, active_profile, emulate_target, stand_in_args
-from helion_remote.target.profile import ProfileError, TargetProfile, builtin_names, load_profile
-from helion_remote.target.validate import compare_reports, emulated_probe_reports, worker_probe_reports
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CaptureError",
-    "Emulation",
-    "EmulationError",
-    "ProfileError",
-    "TargetDriftError",
-    "TargetProfile",
-    "active_profile",
-    "builtin_names",
-    "capture_profile",
-    "check_drift",
-    "compare_reports",
-    "config_space_report",
-    "differing_fields",
-    "emulate_target",
-    "emulated_probe_reports",
-    "load_profile",
-    "space_report",
-    "stand_in_args",
-    "worker_probe_reports",
-]
+_EXPORTS: dict[str, str] = {
+    # worker-safe
+    "ProfileError": "profile",
+    "TargetProfile": "profile",
+    "builtin_names": "profile",
+    "load_profile": "profile",
+    "active_profile": "active",
+    "config_space_report": "space",
+    "space_report": "space",
+    "CaptureError": "capture",
+    "capture_profile": "capture",
+    # coordinator side
+    "Emulation": "emulate",
+    "EmulationError": "emulate",
+    "emulate_target": "emulate",
+    "stand_in_args": "emulate",
+    "TargetDriftError": "drift",
+    "check_drift": "drift",
+    "differing_fields": "drift",
+    "compare_reports": "validate",
+    "emulated_probe_reports": "validate",
+    "worker_probe_reports": "validate",
+}
+"""Public name -> the submodule defining it (imported on first access, PEP 562)."""
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from helion_remote.target.active import active_profile
+    from helion_remote.target.capture import CaptureError, capture_profile
+    from helion_remote.target.drift import TargetDriftError, check_drift, differing_fields
+    from helion_remote.target.emulate import Emulation, EmulationError, emulate_target, stand_in_args
+    from helion_remote.target.profile import ProfileError, TargetProfile, builtin_names, load_profile
+    from helion_remote.target.space import config_space_report, space_report
+    from helion_remote.target.validate import compare_reports, emulated_probe_reports, worker_probe_reports
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -3,8 +3,9 @@
 Everything is read through the same functions Helion itself calls (its
 ``_compat`` predicates, ``_hardware.get_hardware_info``, ``min_dot_size``), so
 the coordinator replays Helion's own answers rather than our reading of the
-spec sheet.  Must run in a process that has not entered
-:func:`~helion_remote.target.emulate.emulate_target`.
+spec sheet.  Those names are private: they are listed and checked in
+:data:`helion_remote.worker._helion_worker_compat.DEVICE_QUERIES`.  Must run
+in a process that has not entered target emulation (a worker never does).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from helion_remote.errors import WorkerError
+from helion_remote.worker import _helion_worker_compat as hc
 from helion_remote.target.profile import COMPAT_PREDICATES, TargetProfile, dtype_key
 
 MIN_DOT_DTYPES: tuple[torch.dtype, ...] = tuple(
@@ -61,33 +63,20 @@ def _triton_params() -> tuple[tuple[str, ...] | None, tuple[str, ...] | None, st
 
 
 def _compat_predicates(device: torch.device) -> dict[str, bool]:
-    from helion import _compat
-
+    ask = hc.device_query
     with torch.cuda.device(device):
-        values = {
-            "supports_tensor_descriptor": _compat.supports_tensor_descriptor(),
-            "supports_host_tensor_descriptor": _compat.supports_host_tensor_descriptor(),
-            "supports_block_ptr": _compat.supports_block_ptr(),
-            "supports_maxnreg": _compat.supports_maxnreg(),
-            "is_hip": _compat.is_hip(),
-            "supports_amd_cdna_tunables": _compat.supports_amd_cdna_tunables(),
-            "is_amd_cdna": bool(_compat._is_amd_cdna()),
-            "supports_mtia_tunables": _compat.supports_mtia_tunables(),
-            "use_tileir_tunables": bool(_compat.use_tileir_tunables()),
-            "fp8_block_ptr_padding_broken": _compat.fp8_block_ptr_padding_broken(),
-            "sm100_dot_tmem_lhs_broken": _compat.sm100_dot_tmem_lhs_broken(device),
-        }
+        values = {name: ask(name)() for name in COMPAT_PREDICATES if name != "sm100_dot_tmem_lhs_broken"}
+        values["sm100_dot_tmem_lhs_broken"] = ask("sm100_dot_tmem_lhs_broken")(device)
     assert set(values) == set(COMPAT_PREDICATES)
     return {k: bool(v) for k, v in values.items()}
 
 
 def _min_dot_sizes(device: torch.device) -> dict[str, tuple[int, int, int]]:
-    from helion import _compat
-
+    min_dot_size = hc.device_query("min_dot_size")
     table: dict[str, tuple[int, int, int]] = {}
     for lhs, rhs in itertools.product(MIN_DOT_DTYPES, repeat=2):
         try:
-            size = _compat.min_dot_size(device, lhs, rhs)
+            size = min_dot_size(device, lhs, rhs)
         except Exception:  # noqa: BLE001 - Triton rejects some pairs (mixed bit widths)
             continue
         table[f"{dtype_key(lhs)},{dtype_key(rhs)}"] = tuple(int(v) for v in size)  # type: ignore[assignment]
@@ -114,20 +103,18 @@ def capture_profile(
         device = torch.device(device)
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-    from helion import _compat, _hardware
-    from helion.runtime import get_num_sm, get_num_xcd
-
+    ask = hc.device_query
     props = torch.cuda.get_device_properties(device)
     tl_range, jit_params, triton_version = _triton_params()
-    hardware = dataclasses.asdict(_hardware.get_hardware_info(device))
+    hardware = dataclasses.asdict(ask("hardware_info")(device))
     gcn = (getattr(props, "gcnArchName", None) or None) if torch.version.hip else None
     capability = tuple(torch.cuda.get_device_capability(device))
     return TargetProfile(
         name=name or _default_name(torch.cuda.get_device_name(device)),
         device_name=torch.cuda.get_device_name(device),
-        helion_device_name=_compat.get_device_name(device),
+        helion_device_name=ask("device_name")(device),
         compute_capability=(int(capability[0]), int(capability[1])),
-        num_sms=int(get_num_sm(device)),
+        num_sms=int(ask("num_sm")(device)),
         regs_per_multiprocessor=_prop(props, "regs_per_multiprocessor"),
         max_threads_per_multiprocessor=_prop(props, "max_threads_per_multi_processor"),
         warp_size=int(getattr(props, "warp_size", 32) or 32),
@@ -141,10 +128,10 @@ def capture_profile(
         tl_range_params=tl_range,
         triton_jit_params=jit_params,
         min_dot_sizes=_min_dot_sizes(device),
-        num_xcd=int(get_num_xcd(device)),
+        num_xcd=int(ask("num_xcd")(device)),
         gcn_arch_name=gcn,
-        amd_base_arch=_compat._amd_base_arch() if torch.version.hip else None,
-        tensor_descriptor_fn_name=_compat.get_tensor_descriptor_fn_name() if tl_range is not None else "tl.make_tensor_descriptor",
+        amd_base_arch=ask("amd_base_arch")() if torch.version.hip else None,
+        tensor_descriptor_fn_name=ask("tensor_descriptor_fn_name")() if tl_range is not None else "tl.make_tensor_descriptor",
         torch_version=str(torch.__version__),
         torch_cuda_version=torch.version.cuda,
         torch_hip_version=torch.version.hip,

@@ -34,11 +34,11 @@ from torch.utils._pytree import tree_map
 
 from helion_remote.errors import HelionRemoteError
 from helion_remote.target import patches
+from helion_remote.target.active import ACTIVE as _ACTIVE
+from helion_remote.target.active import active_profile
 from helion_remote.target.profile import TargetProfile, dtype_key, load_profile
 
 _LOCK = threading.RLock()
-_ACTIVE: list[TargetProfile] = []
-_LEAK_GUARD_MODULES = ("helion._compat", "helion._hardware", "helion._compiler.triton.backend")
 
 
 class EmulationError(HelionRemoteError, RuntimeError):
@@ -148,9 +148,9 @@ def _range_choice_answer(profile: TargetProfile) -> Callable[..., None]:
     change is reading the parameter names from the profile instead of the
     local ``triton.language.range``, which may differ or be absent.
     """
-    from helion._compiler.compile_environment import CompileEnvironment
     from helion.language import loops
 
+    CompileEnvironment = patches.CompileEnvironment
     params = profile.tl_range_params
 
     def _add_config_range_choice(block_ids: list[int], allow_static_range: bool = False) -> None:
@@ -163,7 +163,7 @@ def _range_choice_answer(profile: TargetProfile) -> Callable[..., None]:
             config_spec.static_ranges.append(loops.StaticRangeSpec(block_ids))
         if "loop_unroll_factor" in params:
             config_spec.range_unroll_factors.append(loops.RangeUnrollFactorSpec(block_ids))
-        if loops._supports_warp_specialize() and "warp_specialize" in params:
+        if patches.current_binding(patches.WARP_SPECIALIZE)() and "warp_specialize" in params:
             config_spec.range_warp_specialize.append(loops.RangeWarpSpecializeSpec(block_ids))
         if "num_stages" in params:
             config_spec.range_num_stages.append(loops.RangeNumStagesSpec(block_ids))
@@ -176,7 +176,7 @@ def _range_choice_answer(profile: TargetProfile) -> Callable[..., None]:
 
 
 def _warp_specialize_answer(profile: TargetProfile) -> Callable[[], bool]:
-    from helion._compiler.compile_environment import CompileEnvironment
+    CompileEnvironment = patches.CompileEnvironment
 
     def _supports_warp_specialize() -> bool:
         env = CompileEnvironment.current()
@@ -203,8 +203,9 @@ def _alignment_answer(original: Callable[[object], tuple[bool, bool]]) -> Callab
 
 def _answers(profile: TargetProfile, originals: dict[str, Any]) -> dict[str, Any]:
     """Replacement for every ``PatchPoint.answer``, built from ``profile``."""
-    from helion._hardware import HardwareInfo
     from packaging import version
+
+    HardwareInfo = patches.HardwareInfo
 
     capability = tuple(profile.compute_capability)
     compat = profile.compat
@@ -314,7 +315,7 @@ def _inductor_device_properties_answer(original: Callable[..., Any]) -> classmet
 
 def _cached_functions() -> list[Any]:
     found = []
-    for name in _LEAK_GUARD_MODULES:
+    for name in patches.CACHED_MODULES:
         module = sys.modules.get(name)
         for value in vars(module).values() if module else ():
             if callable(getattr(value, "cache_info", None)) and callable(getattr(value, "cache_clear", None)):
@@ -402,11 +403,6 @@ def _apply(profile: TargetProfile, stack: contextlib.ExitStack) -> list[str]:
             done.add(key)
             patched.append(f"{key[0]}.{key[1]}")
     return patched
-
-
-def active_profile() -> TargetProfile | None:
-    """The profile being emulated in this process, if any."""
-    return _ACTIVE[-1] if _ACTIVE else None
 
 
 __all__ = ["Emulation", "EmulationError", "active_profile", "emulate_target", "stand_in_args"]

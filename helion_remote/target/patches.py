@@ -213,12 +213,9 @@ REIMPLEMENTED_SOURCES: dict[str, frozenset[str]] = {
 
 
 ALSO_READ: tuple[str, ...] = (
-    # Private Helion names that capture (target/capture.py) and emulation
-    # (target/emulate.py) read or construct without patching them.
-    "helion._compat.supports_amd_cdna_tunables",
-    "helion._compat._is_amd_cdna",
-    "helion._compat._amd_base_arch",
-    "helion._compat.min_dot_size",
+    # Helion names emulation (target/emulate.py) reads or constructs without
+    # patching them.  Capture (worker side) declares its reads in
+    # helion_remote.worker._helion_worker_compat.DEVICE_QUERIES.
     "helion._compiler.compile_environment.CompileEnvironment",
     "helion._hardware.HardwareInfo",
     "helion.language.loops.StaticRangeSpec",
@@ -229,6 +226,12 @@ ALSO_READ: tuple[str, ...] = (
     "helion.language.loops.RangeFlattenSpec",
 )
 """Checked at import with the patch points, so a Helion that drops one fails here, named."""
+
+WARP_SPECIALIZE = "helion.language.loops._supports_warp_specialize"
+"""The copied range-choice function calls this binding as Helion's does: as bound at call time."""
+
+CACHED_MODULES: tuple[str, ...] = ("helion._compat", "helion._hardware", "helion._compiler.triton.backend")
+"""Helion modules whose ``functools.cache``'d helpers may memoize an emulated answer (cleared on exit)."""
 
 
 def _fail(what: str) -> HelionCompatError:
@@ -278,9 +281,14 @@ def verify_patch_points() -> None:
         try:
             found = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
-            raise _fail(f"{dotted} (read by target capture/emulation: {error})") from error
+            raise _fail(f"{dotted} (read by target emulation: {error})") from error
         if not callable(found):
-            raise _fail(f"{dotted} (read by target capture/emulation; no longer callable)")
+            raise _fail(f"{dotted} (read by target emulation; no longer callable)")
+    for module_name in CACHED_MODULES:
+        try:
+            importlib.import_module(module_name)
+        except ImportError as error:
+            raise _fail(f"module {module_name} (its caches are cleared after emulation: {error})") from error
     for dotted, known in REIMPLEMENTED_SOURCES.items():
         module_name, _, attribute = dotted.rpartition(".")
         digest = source_digest(getattr(sys.modules[module_name], attribute))
@@ -306,14 +314,51 @@ def loaded_aliases(original: object, *, skip: set[tuple[str, str]]) -> Iterator[
                 yield module, attribute
 
 
+def _dotted(point: PatchPoint) -> str:
+    return f"{point.target}.{point.attribute}".replace(":", ".")
+
+
+def _private(dotted: str) -> bool:
+    return any(part.startswith("_") for part in dotted.split(".")[1:])
+
+
+PRIVATE_NAMES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        name
+        for name in (*(_dotted(p) for p in PATCH_POINTS if p.module.startswith("helion")), *ALSO_READ,
+                     *REIMPLEMENTED_SOURCES, *CACHED_MODULES)
+        if _private(name)
+    )
+)
+"""Every private Helion name target emulation touches (tests/test_import_rules.py holds the
+other modules to the compat modules' lists)."""
+
+
+def current_binding(dotted: str) -> object:
+    """A listed Helion module attribute as bound *now* (the emulated answer while emulating)."""
+    if dotted not in PRIVATE_NAMES:
+        raise KeyError(f"{dotted} is not a name target emulation declares")
+    module_name, _, attribute = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 verify_patch_points()
+
+from helion._compiler.compile_environment import CompileEnvironment  # noqa: E402 - checked above (ALSO_READ)
+from helion._hardware import HardwareInfo  # noqa: E402 - checked above (ALSO_READ)
 
 __all__ = [
     "ALSO_READ",
+    "CACHED_MODULES",
+    "CompileEnvironment",
+    "HardwareInfo",
+    "WARP_SPECIALIZE",
+    "PRIVATE_NAMES",
     "PATCH_POINTS",
     "PatchPoint",
     "REIMPLEMENTED_SOURCES",
     "current",
+    "current_binding",
     "loaded_aliases",
     "resolve",
     "verify_patch_points",

@@ -3,7 +3,7 @@
 The per-session drift guard checks the user's kernel; this checks the
 *profile* once per worker image and GPU model, with kernels we control
 (:mod:`.probe_kernels`), so a wrong or stale profile is caught before any
-search starts.  Both sides bind through :func:`.drift.config_space_report`,
+search starts.  Both sides bind through :func:`.space.config_space_report`,
 from the same shipped source, exactly as a worker would.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 
 from helion_remote.protocol import SourceModule
 from helion_remote.target import probe_kernels
-from helion_remote.target.drift import TargetDriftError, check_drift, config_space_report
+from helion_remote.target.drift import TargetDriftError, check_drift
 from helion_remote.target.emulate import emulate_target, stand_in_args
 from helion_remote.target.profile import TargetProfile, load_profile
+from helion_remote.target.space import config_space_report
 
 PROBE_MODULE_NAME = "_helion_remote_probe_kernels"
 

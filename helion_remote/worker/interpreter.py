@@ -26,9 +26,10 @@ lets those configs run (and be checked) like any other."""
 
 
 def install_interpreter_num_sm() -> None:
-    import helion.runtime
+    """Wrap ``helion.runtime.get_num_sm`` (through the worker compat module) to answer for CPU."""
+    from helion_remote.worker import _helion_worker_compat as hc
 
-    original = helion.runtime.get_num_sm
+    original = hc.runtime_get_num_sm()
     if getattr(original, "_helion_remote_interpreter", False):
         return
 
@@ -38,4 +39,4 @@ def install_interpreter_num_sm() -> None:
         return original(device, reserved_sms=reserved_sms)
 
     get_num_sm._helion_remote_interpreter = True  # type: ignore[attr-defined]
-    helion.runtime.get_num_sm = get_num_sm
+    hc.set_runtime_get_num_sm(get_num_sm)

@@ -135,7 +135,7 @@ class WorkerRuntime:
         """Bind the user's kernel on the real arguments and report its config space."""
         if spec.kernel_definition is None or spec.kernel_attr is None:
             return None
-        from helion_remote.target import config_space_report
+        from helion_remote.target.space import config_space_report
 
         try:
             return config_space_report(spec.kernel_definition, spec.kernel_attr, args,
@@ -147,7 +147,7 @@ class WorkerRuntime:
         """This worker's device as a TargetProfile dict (None under the interpreter)."""
         if self.interpreter:
             return None
-        from helion_remote.target import capture_profile
+        from helion_remote.target.capture import capture_profile
 
         return capture_profile(self.device).to_dict()
 

@@ -40,33 +40,7 @@ PROCESS_START = time.time()
 Payload = dict[str, Any]
 
 
-_WORKER_CODE = ("protocol.py", "argcodec.py", "blobs.py", "worker/*.py", "target/*.py", "profiles/*.json",
-                "backends/modal/worker.py", "backends/modal/wire.py", "backends/modal/blobs.py",
-                "backends/modal/settings.py")
-"""What runs in the container (coordinator-only modules such as the search adapter are left out)."""
-
-
-def code_digest() -> str:
-    """Identity of the helion_remote code a worker runs: a deployment built from other code differs."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for pattern in _WORKER_CODE:
-        for path in sorted(root.glob(pattern)):
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
-def versions() -> dict[str, str]:
-    """What generated code depends on: it must match between coordinator and worker."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "wire": str(WIRE_VERSION), "code": code_digest()}
-    for package in ("helion", "torch", "triton"):
-        try:
-            out[package] = version(package).split("+", 1)[0]
-        except PackageNotFoundError:
-            out[package] = "missing"
-    return out
+from helion_remote.backends.modal.versions import code_digest, versions  # noqa: E402 - re-exported (the app and executor import them here)
 
 
 class ContainerWorker:
