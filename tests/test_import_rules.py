@@ -241,9 +241,6 @@ def test_a_worker_process_loads_no_coordinator_code() -> None:
     assert [m for m in loaded if any(matches(m, p) for p in NOT_IN_A_WORKER_PROCESS)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="helion_remote/__init__.py imports helion_remote.coordinator.api eagerly, so "
-                                       "every worker process loads the coordinator; make its exports lazy (PEP 562), "
-                                       "then delete this marker")
 def test_a_worker_process_loads_no_coordinator_code_through_the_package() -> None:
     loaded = loaded_modules(WORKER_ENTRY_MODULES)
     assert [m for m in loaded if any(matches(m, p) for p in NOT_IN_A_WORKER_PROCESS)] == []

@@ -88,7 +88,7 @@ def _bind(spec: CodegenSpec) -> Any:
 
     from helion_remote.argcodec import download_args
     from helion_remote.blobs import DirectoryBlobStore
-    from helion_remote.target.drift import load_private_kernel
+    from helion_remote.target.space import load_private_kernel
 
     private = load_private_kernel(spec.definition, spec.kernel_attr, dict(spec.settings))
     stack = contextlib.ExitStack()  # kept open for the process's life, as the coordinator does

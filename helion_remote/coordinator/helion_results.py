@@ -54,7 +54,7 @@ def record_codegen_failure(provider: RemoteBenchmarkProvider, result: Any, error
     stats = provider.context.stats
     stats.codegen_failures += 1
     stats.failures["error"] += 1
-    provider._record_compile_failure(result.config)
+    compat.record_compile_failure(provider, result.config)
     provider.log.warning(f"Skipping config that failed code generation: {result.config!r}: {error}")
     return result._replace(completed_at=time.perf_counter())
 
@@ -98,11 +98,11 @@ def _failure_status(result: JobResult) -> str:
 
 def _record_failure(provider: RemoteBenchmarkProvider, config: Any, result: JobResult) -> None:
     if result.status == "accuracy_error":
-        provider._record_accuracy_failure(config)
+        compat.record_accuracy_failure(provider, config)
     elif result.status == "timeout":
-        provider._record_worker_failure(config, "timeout")
+        compat.record_worker_failure(provider, config, "timeout")
     else:
-        provider._record_worker_failure(config, "error")
+        compat.record_worker_failure(provider, config, "error")
     if result.fatal and not provider.settings.autotune_ignore_errors:
         raise with_remote_cause(RemoteFatalKernelError(
             f"worker {result.worker_id} hit an error Helion treats as fatal for the search "

@@ -17,14 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from helion_remote.errors import SearchError
-from helion_remote.target.space import (  # re-exported: coordinator/codegen_pool.py imports load_private_kernel here
-    REPORT_VERSION,
-    canonical,
-    config_space_report,
-    load_private_kernel,
-    load_source_module,
-    space_report,
-)
+from helion_remote.target.space import canonical
 
 
 class TargetDriftError(SearchError):
@@ -91,13 +84,4 @@ def _lookup(report: Mapping[str, Any], name: str) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-__all__ = [
-    "REPORT_VERSION",
-    "TargetDriftError",
-    "check_drift",
-    "config_space_report",
-    "differing_fields",
-    "load_private_kernel",
-    "load_source_module",
-    "space_report",
-]
+__all__ = ["TargetDriftError", "check_drift", "differing_fields"]
