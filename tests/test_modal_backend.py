@@ -661,7 +661,7 @@ def test_dollar_budget_stops_new_jobs_and_search_ends_with_best_so_far(tmp_path:
 
 def test_app_definition_matches_the_installed_client() -> None:
     from helion_remote.backends.modal import app as modal_app
-    from helion_remote.backends.modal.worker import versions
+    from helion_remote.backends.modal.versions import versions
 
     inspect.signature(modal.App.cls).bind(modal_app.app, **modal_app.worker_options(modal_app.SETTINGS))
     assert modal_app.worker_options(ModalSettings(max_containers=7))["max_containers"] == 6

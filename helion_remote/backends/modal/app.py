@@ -30,7 +30,8 @@ import modal
 
 from helion_remote.backends.modal.settings import WORKER_CLS_NAME, ModalSettings
 from helion_remote.backends.modal.wire import WIRE_OPS
-from helion_remote.backends.modal.worker import ContainerWorker, versions
+from helion_remote.backends.modal.versions import versions
+from helion_remote.backends.modal.worker import ContainerWorker
 from helion_remote.worker.service import OPERATIONS
 
 SETTINGS = ModalSettings.from_env()

@@ -92,7 +92,7 @@ class ModalSessionError(SessionOpenError):
 
 
 def _local_versions() -> dict[str, str]:
-    from helion_remote.backends.modal.worker import versions
+    from helion_remote.backends.modal.versions import versions
 
     return versions()
 

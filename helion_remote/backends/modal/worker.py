@@ -15,14 +15,11 @@ the worker's traceback.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 import socket
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from helion_remote.protocol import SessionSpec, clip_message, format_traceback
@@ -30,7 +27,8 @@ from helion_remote.worker.runtime import ModuleConflictError, WorkerRuntime
 from helion_remote.worker.service import OPERATIONS, SessionSummary, serve
 from helion_remote.backends.modal.blobs import MountedBlobStore
 from helion_remote.backends.modal.settings import BLOB_MOUNT
-from helion_remote.backends.modal.wire import WIRE_OPS, WIRE_VERSION, WireOp, spec_from_dict, worker_to_dict
+from helion_remote.backends.modal.versions import versions
+from helion_remote.backends.modal.wire import WIRE_OPS, WireOp, spec_from_dict, worker_to_dict
 
 BLOB_ROOT_ENV = "HELION_REMOTE_MODAL_BLOB_ROOT"
 """Overrides where the worker reads blobs (tests point it at a directory)."""
@@ -39,8 +37,6 @@ PROCESS_START = time.time()
 
 Payload = dict[str, Any]
 
-
-from helion_remote.backends.modal.versions import code_digest, versions  # noqa: E402 - re-exported (the app and executor import them here)
 
 
 class ContainerWorker:
