@@ -23,7 +23,7 @@ class _Session(RemoteSession):
         raise AssertionError("nothing was generated, so nothing may be submitted")
 
     def retime(self, kernels, *, warmup_ms, rep_ms, timeout_s):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+        raise AssertionError("not used by this test")
 
 
 class _Executor(RemoteBenchmarkExecutor):
@@ -37,7 +37,7 @@ class _Executor(RemoteBenchmarkExecutor):
         return []
 
     def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        return _Session(spec)
+        return _Session(self, spec)
 
 
 class _Log:

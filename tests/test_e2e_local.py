@@ -14,6 +14,7 @@ import pytest
 import helion
 import helion_remote
 from helion_remote.backends.local import LocalExecutor
+from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession, ResultStream
 from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec
 
 import kernels
@@ -51,16 +52,18 @@ def test_tuned_config_reproduces_eager(local: LocalExecutor, name: str) -> None:
     reproduces_eager(name, result.config)
 
 
-class SourceEditingExecutor:
+class SourceEditingExecutor(RemoteBenchmarkExecutor):
     """Wraps a real executor and edits the generated source of chosen configs.
 
     The edited kernel really runs on the worker: what is tested is that the
     worker's accuracy check and timeout catch it, not a canned status.
     """
 
+    name = "edited-local"
+
     def __init__(self, inner: LocalExecutor, select: Callable[[dict], bool], edit: Callable[[str], str]) -> None:
+        super().__init__()
         self.inner, self.select, self.edit = inner, select, edit
-        self.name = "edited-local"
         self.edited_digests: set[str] = set()
 
     @property
@@ -70,36 +73,33 @@ class SourceEditingExecutor:
     def workers(self):  # type: ignore[no-untyped-def]
         return self.inner.workers()
 
-    def close(self) -> None:
-        pass
+    def _open_session(self, spec: SessionSpec) -> RemoteSession:
+        return _EditingSession(self, self.inner.open_session(spec))
 
-    def open_session(self, spec: SessionSpec):  # type: ignore[no-untyped-def]
-        session = self.inner.open_session(spec)
-        outer = self
 
-        class Session:
-            def __init__(self) -> None:
-                self.spec = spec
+class _EditingSession(RemoteSession):
+    def __init__(self, outer: SourceEditingExecutor, inner: RemoteSession) -> None:
+        super().__init__(outer, inner.spec)
+        self.outer, self.inner = outer, inner
+        self.space_report = inner.space_report
 
-            def submit(self, jobs: Sequence[BenchmarkJob]):  # type: ignore[no-untyped-def]
-                edited = []
-                for job in jobs:
-                    if outer.select(job.config):
-                        new_source = outer.edit(job.kernel.module_source)
-                        assert new_source != job.kernel.module_source, "the edit did not apply"
-                        kernel = dataclasses.replace(job.kernel, module_source=new_source)
-                        outer.edited_digests.add(kernel.digest)
-                        job = dataclasses.replace(job, kernel=kernel)
-                    edited.append(job)
-                return session.submit(edited)
+    def _submit(self, jobs: list[BenchmarkJob]) -> ResultStream:
+        edited = []
+        for job in jobs:
+            if self.outer.select(job.config):
+                new_source = self.outer.edit(job.kernel.module_source)
+                assert new_source != job.kernel.module_source, "the edit did not apply"
+                kernel = dataclasses.replace(job.kernel, module_source=new_source)
+                self.outer.edited_digests.add(kernel.digest)
+                job = dataclasses.replace(job, kernel=kernel)
+            edited.append(job)
+        return self.inner.submit(edited)
 
-            def retime(self, kernels: Sequence[KernelSource], **kw):  # type: ignore[no-untyped-def]
-                return session.retime(kernels, **kw)
+    def retime(self, kernels: Sequence[KernelSource], **kw):  # type: ignore[no-untyped-def]
+        return self.inner.retime(kernels, **kw)
 
-            def close(self) -> None:
-                session.close()
-
-        return Session()
+    def _close(self) -> None:
+        self.inner.close()
 
 
 def _is_block(config: dict, size: int) -> bool:

@@ -27,19 +27,19 @@ class _Executor(RemoteBenchmarkExecutor):
         return []
 
     def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        raise NotImplementedError
+        raise AssertionError("not used by this test")
 
 
 class _Session(RemoteSession):
     """Times kernel ``k`` at ``perf[k.entry_name]`` on worker ``w0``; notes every call."""
 
     def __init__(self, perf: dict[str, RetimeTiming | float]) -> None:
-        super().__init__(SessionSpec("s", "k", "0" * 64, KernelSource("# ref\n", "ref")))
+        super().__init__(_Executor(), SessionSpec("s", "k", "0" * 64, KernelSource("# ref\n", "ref")))
         self.perf = perf
         self.calls: list[list[str]] = []
 
     def _submit(self, jobs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+        raise AssertionError("not used by this test")
 
     def retime(self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float) -> RetimeResult:
         self.calls.append([k.entry_name for k in kernels])

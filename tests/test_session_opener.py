@@ -16,10 +16,10 @@ SPEC = SessionSpec("s", "k", "0" * 64, KernelSource("# ref\n", "ref"))
 
 class _Session(RemoteSession):
     def _submit(self, jobs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+        raise AssertionError("not used by this test")
 
     def retime(self, kernels, *, warmup_ms, rep_ms, timeout_s):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+        raise AssertionError("not used by this test")
 
 
 class _Executor(RemoteBenchmarkExecutor):
@@ -38,7 +38,7 @@ class _Executor(RemoteBenchmarkExecutor):
         return []
 
     def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        session = _Session(spec)
+        session = _Session(self, spec)
         session.space_report = self.worker_report
         self.sessions.append(session)
         return session
