@@ -43,7 +43,29 @@ if TYPE_CHECKING:
 __all__ = ["RemoteBenchmarkExecutor", "RemoteSession", "ResultStream"]
 
 
-class RemoteSession(abc.ABC):
+class _ClosesOnce:
+    """``close()`` runs the backend's ``_close()`` once, from any thread; ``with`` closes."""
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Free what this holds (idempotent); it cannot be used again."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close()
+
+    def _close(self) -> None:
+        """What a backend frees on close (nothing by default)."""
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteSession(_ClosesOnce, abc.ABC):
     """One search's view of an executor: its arguments and baseline are loaded on the workers.
 
     Capabilities (attributes and methods with defaults):
@@ -63,10 +85,9 @@ class RemoteSession(abc.ABC):
     spread_covers_batch_workers: ClassVar[bool] = False
 
     def __init__(self, executor: RemoteBenchmarkExecutor, spec: SessionSpec) -> None:
+        super().__init__()
         self.spec = spec
         self._owner = executor
-        self._closed = False
-        self._close_lock = threading.Lock()
 
     @property
     def closed(self) -> bool:
@@ -109,17 +130,6 @@ class RemoteSession(abc.ABC):
         """The population re-benchmark; backends with several same-model workers share it out."""
         return self.retime(kernels, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s)
 
-    def close(self) -> None:
-        """Release the session's resources (idempotent); later ``submit`` calls are refused."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._close()
-
-    def _close(self) -> None:
-        """What a backend frees when its session closes (nothing by default)."""
-
     def _check_open(self) -> None:
         if self._closed:
             raise ExecutorClosedError(f"session {self.spec.session_id} is closed; open a new one")
@@ -128,11 +138,8 @@ class RemoteSession(abc.ABC):
     def __enter__(self) -> RemoteSession:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-
-class RemoteBenchmarkExecutor(abc.ABC):
+class RemoteBenchmarkExecutor(_ClosesOnce, abc.ABC):
     """A pool of workers that compile, check and time generated kernels.
 
     Capabilities with defaults: :meth:`target_profile` (None: no GPU to
@@ -141,10 +148,6 @@ class RemoteBenchmarkExecutor(abc.ABC):
     """
 
     name: ClassVar[str] = ""
-
-    def __init__(self) -> None:
-        self._closed = False
-        self._close_lock = threading.Lock()
 
     # -------------------------------------------------------------- required
 
@@ -194,17 +197,6 @@ class RemoteBenchmarkExecutor(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
-        """Stop every worker and free what the executor holds (idempotent); it cannot be reopened."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._close()
-
-    def _close(self) -> None:
-        """What a backend frees on close (nothing by default)."""
-
     def _check_open(self) -> None:
         if self._closed:
             raise ExecutorClosedError(f"the {self.name or type(self).__name__} executor is closed; create a new one")
@@ -212,6 +204,3 @@ class RemoteBenchmarkExecutor(abc.ABC):
     def __enter__(self) -> RemoteBenchmarkExecutor:
         self._check_open()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -8,36 +8,14 @@ from types import SimpleNamespace
 import pytest
 from helion.autotuner.metrics import AutotuneMetrics
 
-from helion_remote.blobs import MemoryBlobStore
 from helion_remote.coordinator import batch as batch_module
 from helion_remote.coordinator import session_opener
 from helion_remote.coordinator.run_context import RemoteContext, RunState
 from helion_remote.coordinator.seam import bind_provider
 from helion_remote.coordinator.stats import RunStats
-from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
+
+from stub_backend import StubExecutor
 from helion_remote.protocol import KernelSource, SessionSpec
-
-
-class _Session(RemoteSession):
-    def _submit(self, jobs):  # type: ignore[no-untyped-def]
-        raise AssertionError("nothing was generated, so nothing may be submitted")
-
-    def retime(self, kernels, *, warmup_ms, rep_ms, timeout_s):  # type: ignore[no-untyped-def]
-        raise AssertionError("not used by this test")
-
-
-class _Executor(RemoteBenchmarkExecutor):
-    name = "stub"
-
-    @property
-    def blob_store(self) -> MemoryBlobStore:
-        return MemoryBlobStore()
-
-    def workers(self) -> list[object]:
-        return []
-
-    def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        return _Session(self, spec)
 
 
 class _Log:
@@ -66,7 +44,7 @@ def provider(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(session_opener, "session_spec",
                         lambda *a: SessionSpec("s", "k", "0" * 64, KernelSource("# ref\n", "ref")))
     settings = SimpleNamespace(autotune_compile_timeout=60, autotune_benchmark_timeout=30)
-    context = RemoteContext(_Executor(), "0" * 64, RunState(RunStats()))
+    context = RemoteContext(StubExecutor(), "0" * 64, RunState(RunStats()))
     return bind_provider(context)(kernel=None, settings=settings, config_spec=None, args=(), log=_Log(),
                                   autotune_metrics=AutotuneMetrics())
 

@@ -6,40 +6,23 @@ from collections.abc import Sequence
 
 import pytest
 
-from helion_remote.blobs import MemoryBlobStore
 from helion_remote.coordinator import _helion_compat as compat
 from helion_remote.coordinator.helion_results import RemoteKernel
 from helion_remote.coordinator.retiming import retime_isolated
 from helion_remote.coordinator.run_context import RemoteContext, RunState
 from helion_remote.coordinator.stats import RunStats
-from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
-from helion_remote.protocol import KernelSource, RetimeResult, RetimeTiming, SessionSpec
+from helion_remote.protocol import KernelSource, RetimeResult, RetimeTiming
+
+from stub_backend import SPEC, StubExecutor, StubSession
 
 
-class _Executor(RemoteBenchmarkExecutor):
-    name = "stub"
-
-    @property
-    def blob_store(self) -> MemoryBlobStore:
-        return MemoryBlobStore()
-
-    def workers(self) -> list[object]:
-        return []
-
-    def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        raise AssertionError("not used by this test")
-
-
-class _Session(RemoteSession):
+class _Session(StubSession):
     """Times kernel ``k`` at ``perf[k.entry_name]`` on worker ``w0``; notes every call."""
 
     def __init__(self, perf: dict[str, RetimeTiming | float]) -> None:
-        super().__init__(_Executor(), SessionSpec("s", "k", "0" * 64, KernelSource("# ref\n", "ref")))
+        super().__init__(StubExecutor(), SPEC)
         self.perf = perf
         self.calls: list[list[str]] = []
-
-    def _submit(self, jobs):  # type: ignore[no-untyped-def]
-        raise AssertionError("not used by this test")
 
     def retime(self, kernels: Sequence[KernelSource], *, warmup_ms: float, rep_ms: float, timeout_s: float) -> RetimeResult:
         self.calls.append([k.entry_name for k in kernels])
@@ -63,7 +46,7 @@ def _handle(name: str) -> RemoteKernel:
 
 
 def _context() -> RemoteContext:
-    return RemoteContext(_Executor(), "0" * 64, RunState(RunStats()))
+    return RemoteContext(StubExecutor(), "0" * 64, RunState(RunStats()))
 
 
 def test_a_population_rebenchmark_goes_through_retime_spread_and_counts_as_one() -> None:

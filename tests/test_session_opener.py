@@ -4,45 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from helion_remote.blobs import MemoryBlobStore
 from helion_remote.coordinator import session_opener
 from helion_remote.coordinator.run_context import RemoteContext, RunState, TargetCheck
 from helion_remote.coordinator.stats import RunStats
-from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
-from helion_remote.protocol import KernelSource, SessionSpec
 
-SPEC = SessionSpec("s", "k", "0" * 64, KernelSource("# ref\n", "ref"))
-
-
-class _Session(RemoteSession):
-    def _submit(self, jobs):  # type: ignore[no-untyped-def]
-        raise AssertionError("not used by this test")
-
-    def retime(self, kernels, *, warmup_ms, rep_ms, timeout_s):  # type: ignore[no-untyped-def]
-        raise AssertionError("not used by this test")
-
-
-class _Executor(RemoteBenchmarkExecutor):
-    name = "stub"
-
-    def __init__(self, worker_report: dict[str, object] | None) -> None:
-        super().__init__()
-        self.worker_report = worker_report
-        self.sessions: list[_Session] = []
-
-    @property
-    def blob_store(self) -> MemoryBlobStore:
-        return MemoryBlobStore()
-
-    def workers(self) -> list[object]:
-        return []
-
-    def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        session = _Session(self, spec)
-        session.space_report = self.worker_report
-        self.sessions.append(session)
-        return session
-
+from stub_backend import SPEC, StubExecutor
 
 class _Log:
     def __init__(self) -> None:
@@ -52,7 +18,7 @@ class _Log:
         self.warnings.append(message)
 
 
-def _open(executor: _Executor, target: TargetCheck | None, monkeypatch: pytest.MonkeyPatch) -> tuple[RemoteContext, _Log]:
+def _open(executor: StubExecutor, target: TargetCheck | None, monkeypatch: pytest.MonkeyPatch) -> tuple[RemoteContext, _Log]:
     monkeypatch.setattr(session_opener, "session_spec", lambda *a: SPEC)
     context = RemoteContext(executor, "0" * 64, RunState(RunStats()), target=target)
     log = _Log()
@@ -61,20 +27,20 @@ def _open(executor: _Executor, target: TargetCheck | None, monkeypatch: pytest.M
 
 
 def test_no_target_opens_without_a_guard(monkeypatch: pytest.MonkeyPatch) -> None:
-    executor = _Executor({"error": "never read"})
+    executor = StubExecutor({"error": "never read"})
     context, log = _open(executor, None, monkeypatch)
     assert context.stats.sessions == 1 and not executor.sessions[0].closed and log.warnings == []
 
 
 def test_a_worker_without_a_report_skips_the_guard_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    executor = _Executor(None)
+    executor = StubExecutor(None)
     _, log = _open(executor, TargetCheck("f" * 64, space_report={"space": 1}), monkeypatch)
     assert not executor.sessions[0].closed
     assert log.warnings and "backend stub did not report" in log.warnings[0]
 
 
 def test_a_worker_that_cannot_bind_stops_the_search_and_closes_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    executor = _Executor({"error": "no GPU"})
+    executor = StubExecutor({"error": "no GPU"})
     with pytest.raises(RuntimeError, match="could not bind the kernel.*no GPU"):
         _open(executor, TargetCheck("f" * 64, space_report={"space": 1}), monkeypatch)
     assert executor.sessions[0].closed
@@ -87,7 +53,7 @@ def test_a_drifted_space_closes_the_session(monkeypatch: pytest.MonkeyPatch) -> 
         raise ValueError(f"drift: {ours} != {theirs}")
 
     monkeypatch.setattr(target_module, "check_drift", differ)
-    executor = _Executor({"space": 2})
+    executor = StubExecutor({"space": 2})
     with pytest.raises(ValueError, match="drift"):
         _open(executor, TargetCheck("f" * 64, space_report={"space": 1}), monkeypatch)
     assert executor.sessions[0].closed
