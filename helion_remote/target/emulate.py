@@ -269,6 +269,7 @@ def _answers(profile: TargetProfile, originals: dict[str, Any]) -> dict[str, Any
         "add_config_range_choice": _range_choice_answer(profile),
         "supports_warp_specialize": _warp_specialize_answer(profile),
         "triton_jit_supports_do_not_specialize": jit_supports_do_not_specialize,
+        "fake_gpu_context": lambda device: None,
         "alignment_signature": _alignment_answer(originals["alignment_signature"]),
         "cuda_get_device_properties": _cuda_shim(props, originals["cuda_get_device_properties"]),
         "cuda_get_device_capability": _cuda_shim(capability, originals["cuda_get_device_capability"]),

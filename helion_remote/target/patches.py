@@ -172,6 +172,13 @@ PATCH_POINTS: tuple[PatchPoint, ...] = (
     ),
     # -- binding on FakeTensor cuda:0 -------------------------------------------------
     *_points(
+        "fake_gpu_context",
+        "a FakeTensor on cuda:0 first initialises a real CUDA context (torch 2.11+cu130 asks only "
+        "whether the build has CUDA) -> 'No CUDA GPUs are available' on a CUDA build with no GPU; "
+        "stand-ins need no context",
+        "torch._subclasses.fake_tensor.init_gpu_context",
+    ),
+    *_points(
         "alignment_signature",
         "FakeTensor reads as unaligned, so inputs would never get tensor descriptors",
         "helion._compiler.compile_environment.tensor_descriptor_runtime_alignment_signature",
