@@ -86,3 +86,114 @@ def test_workers_and_codegen_processes_die_with_a_sigkilled_coordinator(tmp_path
         for pid in pids.values():  # never leak a hung worker from a failed run
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------- stopped vs slow
+
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from helion_remote.argcodec import upload_args  # noqa: E402
+from helion_remote.backends.local import LocalExecutor  # noqa: E402
+from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances  # noqa: E402
+
+from kernels import add_inplace, add_inplace_args  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:helion_remote local backend")
+JOB_TIMEOUT_S = 8.0
+"""compile + run limit of the jobs below; the margin is 2 s, so a job is cut off at 10 s."""
+
+
+def reference() -> KernelSource:
+    bound = add_inplace.bind(add_inplace_args())
+    return KernelSource(bound.to_triton_code(bound.config_spec.default_config()), bound.kernel.name)
+
+
+def open_session(ex: LocalExecutor, name: str) -> object:
+    ref = reference()
+    digest = upload_args(ex.blob_store, list(add_inplace_args())).digest
+    return ex.open_session(SessionSpec(name, ref.entry_name, digest, ref, Tolerances()))
+
+
+def job(session: object, body: str, job_id: str) -> BenchmarkJob:
+    """A job whose kernel is ``body`` (Python, indented 4) under the reference's entry name."""
+    spec = session.spec  # type: ignore[attr-defined]
+    kernel = KernelSource(f"import ctypes, pathlib, time\ndef add_inplace(x, y):\n{body}", spec.reference.entry_name)
+    return BenchmarkJob(job_id=job_id, kernel=kernel, args_digest=spec.args_digest,
+                        baseline_digest=spec.baseline_digest, tolerances=spec.tolerances,
+                        compile_timeout_s=JOB_TIMEOUT_S / 2, run_timeout_s=JOB_TIMEOUT_S / 2,
+                        warmup_ms=0.5, rep_ms=3.0)
+
+
+@pytest.fixture(scope="module")
+def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalExecutor]:
+    ex = LocalExecutor(cpu_workers=1, work_dir=tmp_path_factory.mktemp("lifecycle"), timeout_margin_s=2.0)
+    yield ex
+    ex.close()
+
+
+def wait_for(path: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the kernel never started ({path})"
+        time.sleep(0.05)
+
+
+def test_a_stopped_worker_is_lost_not_a_timeout_and_is_replaced(executor: LocalExecutor, tmp_path: Path) -> None:
+    session = open_session(executor, "stopped")
+    (handle,) = executor._devices
+    restarts = handle.restarts
+    mark = tmp_path / "started"
+    stream = session.submit([job(session, f"    pathlib.Path({str(mark)!r}).touch()\n    time.sleep(60)\n", "stop")])  # type: ignore[attr-defined]
+    wait_for(mark)
+    pid = handle._process.pid  # type: ignore[union-attr]
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        (result,) = list(stream)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGCONT)
+    assert result.status == "infra_error", result  # retried elsewhere by the coordinator, not the kernel's fault
+    assert "stopped" in (result.error_message or "")
+    assert time.monotonic() - stopped_at < JOB_TIMEOUT_S  # before the job's deadline
+    assert handle.restarts == restarts + 1 and dead(pid)
+    (after,) = list(session.submit([job(session, "    x.add_(y)\n    return x\n", "after")]))  # type: ignore[attr-defined]
+    assert after.ok, after
+
+
+def test_a_kernel_holding_the_gil_past_its_limit_is_still_a_timeout(executor: LocalExecutor) -> None:
+    """No heartbeat either (the GIL is held in C), but the process runs: the kernel's fault."""
+    session = open_session(executor, "gil")
+    started = time.monotonic()
+    body = "    ctypes.PyDLL(None).sleep(30)\n"  # PyDLL keeps the GIL through the C call
+    (result,) = list(session.submit([job(session, body, "gil")]))  # type: ignore[attr-defined]
+    assert result.status == "timeout", result
+    assert time.monotonic() - started >= JOB_TIMEOUT_S
+
+
+# ---------------------------------------------------------------------- a worker that cannot start
+
+
+def test_a_worker_that_cannot_start_is_one_warning_and_the_others_carry_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    thread_errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    ex = LocalExecutor(cpu_workers=2, work_dir=tmp_path, timeout_margin_s=2.0)
+    try:
+        bad = ex._devices[1]
+        bad.spec = dataclasses.replace(bad.spec, env=(("HELION_REMOTE_CPU_MAX_REPS", "not-a-number"),))
+        with caplog.at_level(logging.WARNING):
+            infos = ex.workers()
+        assert [i.worker_id for i in infos] == [ex._devices[0].worker_id] != [bad.worker_id]
+        session = open_session(ex, "survivors")
+        results = list(session.submit([job(session, "    x.add_(y)\n    return x\n", f"j{i}") for i in range(3)]))  # type: ignore[attr-defined]
+        assert all(r.ok and r.worker_id == infos[0].worker_id for r in results), results
+    finally:
+        ex.close()
+    assert thread_errors == [], [str(e.exc_value) for e in thread_errors]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and bad.worker_id in r.getMessage()]
+    assert len(lines) == 1 and "not-a-number" in lines[0], lines

@@ -27,7 +27,7 @@ from helion_remote.backends.local.devices import check_one_model
 from helion_remote.backends.local.devices import visible_gpus as _visible_gpus
 from helion_remote.backends.local.pipeline import Pipeline, Task
 from helion_remote.blobs import BlobStore, DirectoryBlobStore, default_cache_dir
-from helion_remote.errors import SessionOpenError
+from helion_remote.errors import SessionOpenError, WorkerError
 from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
 from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
 from helion_remote.result_stream import ResultStream
@@ -201,15 +201,22 @@ class LocalExecutor(RemoteBenchmarkExecutor):
             if self._started:
                 return
             self._started = True
-        starters = [threading.Thread(target=h.start, daemon=True) for h in self._devices]
+        failed: dict[str, str] = {}
+        starters = [threading.Thread(target=_start_or_warn, args=(h, failed), daemon=True) for h in self._devices]
         for t in starters:
             t.start()
         # Compile workers start in the background (a compile request waits for
         # its worker), so the first batch does not pay 16 interpreter starts.
         for handle in self._compilers:
-            threading.Thread(target=_quietly, args=(handle.start,), daemon=True).start()
+            threading.Thread(target=_start_or_warn, args=(handle, {}), daemon=True).start()
         for t in starters:
             t.join()
+        if len(failed) == len(self._devices):
+            with self._start_lock:
+                self._started = False  # the next call tries again
+            raise WorkerError("no local worker could start: " + "; ".join(f"{w}: {why}" for w, why in failed.items()))
+        # The pool carries on without the workers that could not start (each was one warning).
+        self._pipeline.devices = [h for h in self._devices if h.worker_id not in failed]
         self._pipeline.start()
 
     def _compile_slots_for(self, spec: SessionSpec) -> int:
@@ -268,6 +275,15 @@ class LocalSession(RemoteSession):
             run=lambda i, group: workers[i].retime(self.spec, group, warmup_ms, rep_ms, timeout_s),
             redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
         )
+
+
+def _start_or_warn(handle: WorkerHandle, failed: dict[str, str]) -> None:
+    """Start one worker from a start-up thread: a failure is one warning line, never a thread traceback."""
+    try:
+        handle.start()
+    except Exception as error:  # noqa: BLE001 - the pool carries on with the others
+        failed[handle.worker_id] = str(error)
+        log.warning("local worker %s could not start, carrying on without it: %s", handle.worker_id, error)
 
 
 def _quietly(call: Callable[[], object]) -> None:
