@@ -197,3 +197,36 @@ def test_a_worker_that_cannot_start_is_one_warning_and_the_others_carry_on(
     assert thread_errors == [], [str(e.exc_value) for e in thread_errors]
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and bad.worker_id in r.getMessage()]
     assert len(lines) == 1 and "not-a-number" in lines[0], lines
+
+
+def test_a_compile_worker_that_cannot_start_leaves_the_pipeline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Else every job's compile would try to start it again (a spawn, up to ``start_timeout_s``, each)."""
+    from helion_remote.worker.process import WorkerHandle
+
+    ex = LocalExecutor(cpu_workers=1, work_dir=tmp_path, timeout_margin_s=2.0)
+    try:
+        (device,) = ex._devices
+        broken = WorkerHandle(dataclasses.replace(device.spec, worker_id="local-compile-broken",
+                                                  env=(("HELION_REMOTE_CPU_MAX_REPS", "not-a-number"),)))
+        starts: list[float] = []
+        real_start = broken.start
+
+        def counted_start() -> object:  # the real start, counted
+            starts.append(time.monotonic())
+            return real_start()
+
+        monkeypatch.setattr(broken, "start", counted_start)
+        ex._pipeline.compilers.append(broken)
+        with caplog.at_level(logging.WARNING):
+            session = open_session(ex, "no-compiler")
+            for i in range(4):
+                (result,) = list(session.submit([job(session, "    x.add_(y)\n    return x\n", f"c{i}")]))  # type: ignore[attr-defined]
+                assert result.ok and result.worker_id == device.worker_id, result
+        assert ex._compilers == []
+        assert len(starts) <= 3, f"a broken compile worker started {len(starts)} times"
+    finally:
+        ex.close()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and broken.worker_id in r.getMessage()]
+    assert len(lines) == 1 and "not-a-number" in lines[0], lines

@@ -208,7 +208,7 @@ class LocalExecutor(RemoteBenchmarkExecutor):
         # Compile workers start in the background (a compile request waits for
         # its worker), so the first batch does not pay 16 interpreter starts.
         for handle in self._compilers:
-            threading.Thread(target=_start_or_warn, args=(handle, {}), daemon=True).start()
+            threading.Thread(target=self._start_compiler, args=(handle,), daemon=True).start()
         for t in starters:
             t.join()
         if len(failed) == len(self._devices):
@@ -218,6 +218,14 @@ class LocalExecutor(RemoteBenchmarkExecutor):
         # The pool carries on without the workers that could not start (each was one warning).
         self._pipeline.devices = [h for h in self._devices if h.worker_id not in failed]
         self._pipeline.start()
+
+    def _start_compiler(self, handle: WorkerHandle) -> None:
+        """Start a compile worker in the background; one that cannot start leaves the pipeline
+        (else every job would try to start it again)."""
+        failed: dict[str, str] = {}
+        _start_or_warn(handle, failed)
+        if failed:
+            self._pipeline.retire(handle)
 
     def _compile_slots_for(self, spec: SessionSpec) -> int:
         """Compile workers hold the arguments on a GPU: cap them by GPU memory."""
