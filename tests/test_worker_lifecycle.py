@@ -22,7 +22,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
 COORDINATOR = r"""
-import json, sys, time
+import json, pathlib, sys, time
 sys.path.insert(0, {tests!r})
 from multiprocessing import forkserver
 from helion_remote.argcodec import upload_args
@@ -32,19 +32,23 @@ from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tole
 from kernels import add_inplace, add_inplace_args
 
 args = add_inplace_args()
-ex = LocalExecutor(cpu_workers=2, work_dir=sys.argv[1], timeout_margin_s=2.0)
+ex = LocalExecutor(cpu_workers=1, work_dir=sys.argv[1], timeout_margin_s=2.0)
 bound = add_inplace.bind(args)
 ref = KernelSource(bound.to_triton_code(bound.config_spec.default_config()), bound.kernel.name)
 session = ex.open_session(SessionSpec("die", ref.entry_name, upload_args(ex.blob_store, list(args)).digest,
                                       ref, Tolerances()))
-hang = KernelSource("import time\ndef add_inplace(x, y):\n    time.sleep(600)\n", ref.entry_name)
+mark = pathlib.Path(sys.argv[1]) / "hanging"
+# Hung in C with the GIL held (PyDLL keeps it): the watchdog thread cannot run, the parent-death signal must.
+hang = KernelSource(f"import ctypes, pathlib\ndef add_inplace(x, y):\n    pathlib.Path({{str(mark)!r}}).touch()\n"
+                    "    ctypes.PyDLL(None).sleep(600)\n", ref.entry_name)
 jobs = [BenchmarkJob(job_id=f"hang{{i}}", kernel=hang, args_digest=session.spec.args_digest,
                      baseline_digest=session.spec.baseline_digest, tolerances=session.spec.tolerances,
-                     compile_timeout_s=300.0, run_timeout_s=300.0, warmup_ms=0.5, rep_ms=3.0) for i in range(2)]
+                     compile_timeout_s=300.0, run_timeout_s=300.0, warmup_ms=0.5, rep_ms=3.0) for i in range(1)]
 stream = session.submit(jobs)
 pool = start_codegen_pool(add_inplace, bound, args, {{}}, None, 1)  # forks from the workers' forkserver
 assert pool is not None and pool.wait_ready(120) and pool.size == 1
-time.sleep(2.0)  # both workers are inside the hanging job by now
+while not mark.exists():  # the worker is inside the hanging job
+    time.sleep(0.05)
 pids = {{h.worker_id: h._process.pid for h in ex._devices}}
 pids["codegen"] = pool._members[0].process.pid
 if forkserver._forkserver._forkserver_pid:
@@ -71,7 +75,7 @@ def test_workers_and_codegen_processes_die_with_a_sigkilled_coordinator(tmp_path
         line = coordinator.stdout.readline()  # type: ignore[union-attr]
         assert line, coordinator.stderr.read()  # type: ignore[union-attr]
         pids = json.loads(line)
-        assert {"local-" in w for w in pids} >= {True} and "codegen" in pids
+        assert any(w.startswith("local-") for w in pids) and "codegen" in pids and "forkserver" in pids
         assert all(not dead(pid) for pid in pids.values()), pids
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(10)
@@ -230,3 +234,42 @@ def test_a_compile_worker_that_cannot_start_leaves_the_pipeline(
         ex.close()
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and broken.worker_id in r.getMessage()]
     assert len(lines) == 1 and "not-a-number" in lines[0], lines
+
+
+WATCHED_CHILD = r"""
+import sys, time
+from helion_remote.worker import lifeline
+lifeline._set_parent_death_signal = lambda: False  # as on macOS: the watchdog thread alone
+lifeline.die_with_parent(int(sys.argv[1]))
+print("armed", flush=True)
+time.sleep(60)
+"""
+
+PARENT = r"""
+import subprocess, sys, os
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())], stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "armed"
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def test_without_prctl_the_watchdog_kills_a_child_whose_parent_died() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, WATCHED_CHILD], env=env, stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        child = int(parent.stdout.readline())  # type: ignore[union-attr]
+        assert not dead(child)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not dead(child):
+            time.sleep(0.05)
+        assert dead(child), "the watchdog did not notice its parent had gone"
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if child:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
