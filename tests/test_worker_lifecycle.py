@@ -223,6 +223,7 @@ def test_a_compile_worker_that_cannot_start_leaves_the_pipeline(
 
         monkeypatch.setattr(broken, "start", counted_start)
         ex._pipeline.compilers.append(broken)
+        ex._handles.append(broken)
         with caplog.at_level(logging.WARNING):
             session = open_session(ex, "no-compiler")
             for i in range(4):

@@ -103,6 +103,8 @@ class LocalExecutor(RemoteBenchmarkExecutor):
         compilers_per_gpu = math.ceil(len(compilers) / len(devices_))
         per_worker = jobs_in_flight_per_worker or max(2, compilers_per_gpu + max(4, compilers_per_gpu // 2))
         self._pipeline = Pipeline(devices_, compilers, per_worker * len(devices_))
+        self._handles = [*devices_, *compilers]
+        """Every worker, including those the pipeline left out (closed with the rest)."""
         self._start_lock = threading.Lock()
         self._started = False
         _register_atexit(self)
@@ -183,13 +185,13 @@ class LocalExecutor(RemoteBenchmarkExecutor):
 
     def startup_report(self) -> dict[str, dict[str, float]]:
         """Seconds each worker took to start and to open its last session."""
-        return {h.worker_id: dict(h.timings) for h in [*self._devices, *self._compilers] if h.timings}
+        return {h.worker_id: dict(h.timings) for h in self._handles if h.timings}
 
     def _close(self) -> None:
         self._pipeline.close()
-        for handle in [*self._devices, *self._compilers]:
+        for handle in self._handles:
             handle.kill_now()
-        for handle in [*self._devices, *self._compilers]:
+        for handle in self._handles:
             handle.close()
 
     # ------------------------------------------------------------------ internals
