@@ -6,17 +6,28 @@ timeout), and a worker that cannot start is one warning line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helion_remote.argcodec import upload_args
+from helion_remote.backends.local import LocalExecutor
+from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances
 from helion_remote.worker.lifeline import process_state
+
+from kernels import add_inplace, add_inplace_args
+
+pytestmark = pytest.mark.filterwarnings("ignore:helion_remote local backend")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -94,18 +105,8 @@ def test_workers_and_codegen_processes_die_with_a_sigkilled_coordinator(tmp_path
 
 # ---------------------------------------------------------------------- stopped vs slow
 
-import dataclasses  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-from helion_remote.argcodec import upload_args  # noqa: E402
-from helion_remote.backends.local import LocalExecutor  # noqa: E402
-from helion_remote.protocol import BenchmarkJob, KernelSource, SessionSpec, Tolerances  # noqa: E402
-
-from kernels import add_inplace, add_inplace_args  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings("ignore:helion_remote local backend")
+ADD = "    x.add_(y)\n    return x\n"
+"""A correct kernel body (``add_inplace``)."""
 JOB_TIMEOUT_S = 8.0
 """compile + run limit of the jobs below; the margin is 2 s, so a job is cut off at 10 s."""
 
@@ -150,7 +151,8 @@ def test_a_stopped_worker_is_lost_not_a_timeout_and_is_replaced(executor: LocalE
     (handle,) = executor._devices
     restarts = handle.restarts
     mark = tmp_path / "started"
-    stream = session.submit([job(session, f"    pathlib.Path({str(mark)!r}).touch()\n    time.sleep(60)\n", "stop")])  # type: ignore[attr-defined]
+    hang = job(session, f"    pathlib.Path({str(mark)!r}).touch()\n    time.sleep(60)\n", "stop")
+    stream = session.submit([hang])  # type: ignore[attr-defined]
     wait_for(mark)
     pid = handle._process.pid  # type: ignore[union-attr]
     stopped_at = time.monotonic()
@@ -164,7 +166,7 @@ def test_a_stopped_worker_is_lost_not_a_timeout_and_is_replaced(executor: LocalE
     assert "stopped" in (result.error_message or "")
     assert time.monotonic() - stopped_at < JOB_TIMEOUT_S  # before the job's deadline
     assert handle.restarts == restarts + 1 and dead(pid)
-    (after,) = list(session.submit([job(session, "    x.add_(y)\n    return x\n", "after")]))  # type: ignore[attr-defined]
+    (after,) = list(session.submit([job(session, ADD, "after")]))  # type: ignore[attr-defined]
     assert after.ok, after
 
 
@@ -194,7 +196,7 @@ def test_a_worker_that_cannot_start_is_one_warning_and_the_others_carry_on(
             infos = ex.workers()
         assert [i.worker_id for i in infos] == [ex._devices[0].worker_id] != [bad.worker_id]
         session = open_session(ex, "survivors")
-        results = list(session.submit([job(session, "    x.add_(y)\n    return x\n", f"j{i}") for i in range(3)]))  # type: ignore[attr-defined]
+        results = list(session.submit([job(session, ADD, f"j{i}") for i in range(3)]))  # type: ignore[attr-defined]
         assert all(r.ok and r.worker_id == infos[0].worker_id for r in results), results
     finally:
         ex.close()
@@ -227,7 +229,7 @@ def test_a_compile_worker_that_cannot_start_leaves_the_pipeline(
         with caplog.at_level(logging.WARNING):
             session = open_session(ex, "no-compiler")
             for i in range(4):
-                (result,) = list(session.submit([job(session, "    x.add_(y)\n    return x\n", f"c{i}")]))  # type: ignore[attr-defined]
+                (result,) = list(session.submit([job(session, ADD, f"c{i}")]))  # type: ignore[attr-defined]
                 assert result.ok and result.worker_id == device.worker_id, result
         assert ex._compilers == []
         assert len(starts) <= 3, f"a broken compile worker started {len(starts)} times"

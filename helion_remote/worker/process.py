@@ -13,8 +13,9 @@ job comes back as ``status="timeout"``.  A process that dies for any other
 reason, or that stops answering (stopped: no heartbeat and process state
 ``T``, see :mod:`~helion_remote.worker.pipe`), is replaced too; the job it
 held comes back as ``infra_error`` (not the kernel's fault as far as anyone
-can tell, so the coordinator retries it elsewhere) unless the kernel itself poisoned the CUDA context, in which case
-its own ``error`` result was already sent.
+can tell, so the coordinator retries it elsewhere) unless the kernel itself
+poisoned the CUDA context, in which case its own ``error`` result was already
+sent.
 
 How the child starts lives in :mod:`~helion_remote.worker.launch`, the pipe
 and the child's loop in :mod:`~helion_remote.worker.pipe`; this module is the

@@ -168,7 +168,9 @@ class Pipeline:
 
         Compiled tasks first; queued ones straight from the queue only when no compile worker is left.
         """
-        sources: list[list[Task] | collections.deque[Task]] = [self.ready] if self.compilers else [self.ready, self.pending]
+        sources: list[list[Task] | collections.deque[Task]] = [self.ready]
+        if not self.compilers:
+            sources.append(self.pending)
         ids = {h.worker_id for h in self.devices}
         for source in sources:
             for task in source:
