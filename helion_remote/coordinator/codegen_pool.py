@@ -52,9 +52,12 @@ class CodegenSpec:
     """The emulated target (bind on stand-ins under emulation), or None."""
 
 
-def _child(conn: Connection, spec: CodegenSpec, environ: dict[str, str]) -> None:
+def _child(conn: Connection, spec: CodegenSpec, environ: dict[str, str], coordinator_pid: int | None = None) -> None:
     from helion_remote.environ import adopt_environ
+    from helion_remote.worker.lifeline import die_with_parent
 
+    if coordinator_pid is not None:  # never outlive the coordinator (a forkserver child's parent is the server)
+        die_with_parent(coordinator_pid)
     adopt_environ(environ)
     try:
         generate = _bind(spec)
@@ -113,16 +116,16 @@ class _Member:
     """One pool process and the pipe to it."""
 
     def __init__(self, spec: CodegenSpec, method: str) -> None:
-        from helion_remote.worker.launch import SPAWN_ENV_LOCK, main_module_hidden, start_worker_server
+        from helion_remote.worker.launch import SPAWN_ENV_LOCK, main_module_hidden, start_process, start_worker_server
 
         if method == "forkserver":
             start_worker_server()  # the GPU workers' server: torch and Helion already imported
         context = multiprocessing.get_context(method)
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_child, args=(child, spec, dict(os.environ)), daemon=True,
-                                       name="helion-remote-codegen")
+        self.process = context.Process(target=_child, args=(child, spec, dict(os.environ), os.getpid()),
+                                       daemon=True, name="helion-remote-codegen")
         with SPAWN_ENV_LOCK, main_module_hidden():
-            self.process.start()
+            start_process(self.process)  # from the launcher thread: parent death fires only with this process
         child.close()
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 GPU workers fork from a forkserver that imported torch, Triton and Helion
 once; interpreter workers are spawned (Triton reads ``TRITON_INTERPRET`` at
 import).  Every child runs in its own process group, so killing it kills the
-compilers it started too.
+compilers it started too, and every child is started from one long-lived
+thread (:func:`start_process`), so Linux's parent-death signal fires only
+when the coordinator itself dies (see :mod:`~helion_remote.worker.lifeline`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
 from helion_remote.environ import patched_environ
@@ -162,3 +166,55 @@ def killpg(pid: int) -> None:
             return
         except (ProcessLookupError, PermissionError, OSError):
             continue
+
+
+class _Launcher:
+    """One daemon thread that starts every child process, for the process's whole life.
+
+    ``prctl(PR_SET_PDEATHSIG)`` fires when the *thread* that created the child
+    exits, not the process: children started from the executor's short-lived
+    start-up threads would be killed as soon as those threads return.  This
+    thread never returns (it blocks on its queue until the process exits).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Callable[[], None], queue.SimpleQueue[BaseException | None]]] = (
+            queue.SimpleQueue())
+        self._pid: int | None = None
+
+    def run(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the launcher thread; re-raise what it raised."""
+        self._ensure_thread()
+        done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._queue.put((call, done))
+        error = done.get()
+        if error is not None:
+            raise error
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked copy of this module (no thread there)
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._queue,), daemon=True,
+                                 name="helion-remote-launcher").start()
+                self._pid = os.getpid()
+
+    @staticmethod
+    def _serve(requests: queue.SimpleQueue[tuple[Callable[[], None], queue.SimpleQueue[BaseException | None]]]) -> None:
+        while True:
+            call, done = requests.get()
+            try:
+                call()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                done.put(error)
+            else:
+                done.put(None)
+
+
+_LAUNCHER = _Launcher()
+
+
+def start_process(process: BaseProcess) -> None:
+    """``process.start()`` from the launcher thread (the caller holds any environment lock)."""
+    _LAUNCHER.run(process.start)

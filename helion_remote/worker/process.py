@@ -4,15 +4,18 @@ The child is started with the ``spawn`` method (a CUDA context cannot cross a
 fork), pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` or run under
 ``TRITON_INTERPRET=1`` on CPU, and serves requests over a pipe.  It puts
 itself in its own process group so a hung Triton compile (and any ptxas it
-started) dies with it.
+started) dies with it, and it dies with the coordinator
+(:mod:`~helion_remote.worker.lifeline`).
 
 The parent ``WorkerHandle`` owns every timeout: a request that runs past its
 limit gets the process group SIGKILLed and a fresh process spawned, and the
 job comes back as ``status="timeout"``.  A process that dies for any other
-reason is respawned too; the job it held comes back as ``infra_error`` (not
-the kernel's fault as far as anyone can tell, so the coordinator retries it
-elsewhere) unless the kernel itself poisoned the CUDA context, in which case
-its own ``error`` result was already sent.
+reason, or that stops answering (stopped: no heartbeat and process state
+``T``, see :mod:`~helion_remote.worker.pipe`), is replaced too; the job it
+held comes back as ``infra_error`` (not the kernel's fault as far as anyone
+can tell, so the coordinator retries it elsewhere) unless the kernel itself
+poisoned the CUDA context, in which case its own ``error`` result was already
+sent.
 
 How the child starts lives in :mod:`~helion_remote.worker.launch`, the pipe
 and the child's loop in :mod:`~helion_remote.worker.pipe`; this module is the
@@ -53,6 +56,7 @@ from helion_remote.worker.pipe import (
     ModuleConflict,
     RemoteRequestError,
     WorkerDied,
+    WorkerStopped,
     WorkerTimedOut,
     child_main,
     receive,
@@ -114,11 +118,11 @@ class WorkerHandle:
             parent, child = self._ctx.Pipe(duplex=True)
             with launch.SPAWN_ENV_LOCK, launch.main_module_hidden():
                 process = self._ctx.Process(
-                    target=child_main, args=(child, self.spec, dict(os.environ)),
+                    target=child_main, args=(child, self.spec, dict(os.environ), os.getpid()),
                     name=f"helion-remote-{self.worker_id}", daemon=True,
                 )
                 with patched_environ(child_environment(self.spec)):
-                    process.start()
+                    launch.start_process(process)  # from the launcher thread: see worker/lifeline.py
             child.close()
             self._process, self._conn, self._session_key = process, parent, None
             cause: BaseException | None = None
@@ -193,6 +197,9 @@ class WorkerHandle:
             reply = self._receive(timeout_s)
         except WorkerTimedOut:
             self._replace(f"{op} timed out after {timeout_s:.1f}s")
+            raise
+        except WorkerStopped as error:
+            self._replace(f"stopped answering during {op}: {error}")
             raise
         except (WorkerDied, OSError) as error:
             self._replace(f"died during {op}: {error}")

@@ -27,7 +27,7 @@ from helion_remote.backends.local.devices import check_one_model
 from helion_remote.backends.local.devices import visible_gpus as _visible_gpus
 from helion_remote.backends.local.pipeline import Pipeline, Task
 from helion_remote.blobs import BlobStore, DirectoryBlobStore, default_cache_dir
-from helion_remote.errors import SessionOpenError
+from helion_remote.errors import SessionOpenError, WorkerError
 from helion_remote.executor import RemoteBenchmarkExecutor, RemoteSession
 from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, RetimeResult, SessionSpec, WorkerInfo
 from helion_remote.result_stream import ResultStream
@@ -103,6 +103,8 @@ class LocalExecutor(RemoteBenchmarkExecutor):
         compilers_per_gpu = math.ceil(len(compilers) / len(devices_))
         per_worker = jobs_in_flight_per_worker or max(2, compilers_per_gpu + max(4, compilers_per_gpu // 2))
         self._pipeline = Pipeline(devices_, compilers, per_worker * len(devices_))
+        self._handles = [*devices_, *compilers]
+        """Every worker, including those the pipeline left out (closed with the rest)."""
         self._start_lock = threading.Lock()
         self._started = False
         _register_atexit(self)
@@ -183,13 +185,13 @@ class LocalExecutor(RemoteBenchmarkExecutor):
 
     def startup_report(self) -> dict[str, dict[str, float]]:
         """Seconds each worker took to start and to open its last session."""
-        return {h.worker_id: dict(h.timings) for h in [*self._devices, *self._compilers] if h.timings}
+        return {h.worker_id: dict(h.timings) for h in self._handles if h.timings}
 
     def _close(self) -> None:
         self._pipeline.close()
-        for handle in [*self._devices, *self._compilers]:
+        for handle in self._handles:
             handle.kill_now()
-        for handle in [*self._devices, *self._compilers]:
+        for handle in self._handles:
             handle.close()
 
     # ------------------------------------------------------------------ internals
@@ -201,16 +203,31 @@ class LocalExecutor(RemoteBenchmarkExecutor):
             if self._started:
                 return
             self._started = True
-        starters = [threading.Thread(target=h.start, daemon=True) for h in self._devices]
+        failed: dict[str, str] = {}
+        starters = [threading.Thread(target=_start_or_warn, args=(h, failed), daemon=True) for h in self._devices]
         for t in starters:
             t.start()
         # Compile workers start in the background (a compile request waits for
         # its worker), so the first batch does not pay 16 interpreter starts.
         for handle in self._compilers:
-            threading.Thread(target=_quietly, args=(handle.start,), daemon=True).start()
+            threading.Thread(target=self._start_compiler, args=(handle,), daemon=True).start()
         for t in starters:
             t.join()
+        if len(failed) == len(self._devices):
+            with self._start_lock:
+                self._started = False  # the next call tries again
+            raise WorkerError("no local worker could start: " + "; ".join(f"{w}: {why}" for w, why in failed.items()))
+        # The pool carries on without the workers that could not start (each was one warning).
+        self._pipeline.devices = [h for h in self._devices if h.worker_id not in failed]
         self._pipeline.start()
+
+    def _start_compiler(self, handle: WorkerHandle) -> None:
+        """Start a compile worker in the background; one that cannot start leaves the pipeline
+        (else every job would try to start it again)."""
+        failed: dict[str, str] = {}
+        _start_or_warn(handle, failed)
+        if failed:
+            self._pipeline.retire(handle)
 
     def _compile_slots_for(self, spec: SessionSpec) -> int:
         """Compile workers hold the arguments on a GPU: cap them by GPU memory."""
@@ -268,6 +285,15 @@ class LocalSession(RemoteSession):
             run=lambda i, group: workers[i].retime(self.spec, group, warmup_ms, rep_ms, timeout_s),
             redo=lambda group: self.retime(group, warmup_ms=warmup_ms, rep_ms=rep_ms, timeout_s=timeout_s),
         )
+
+
+def _start_or_warn(handle: WorkerHandle, failed: dict[str, str]) -> None:
+    """Start one worker from a start-up thread: a failure is one warning line, never a thread traceback."""
+    try:
+        handle.start()
+    except Exception as error:  # noqa: BLE001 - the pool carries on with the others
+        failed[handle.worker_id] = str(error)
+        log.warning("local worker %s could not start, carrying on without it: %s", handle.worker_id, error)
 
 
 def _quietly(call: Callable[[], object]) -> None:

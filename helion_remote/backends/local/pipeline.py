@@ -35,6 +35,8 @@ class Task:
     queued_at: float = dataclasses.field(default_factory=time.monotonic)
     compile_started_at: float | None = None
     compiled_at: float | None = None
+    admitted: bool = False
+    """Counted in ``Pipeline.admitted`` (taken by a compile worker) until it finishes."""
 
     def stages(self, run_started_at: float) -> dict[str, float]:
         """Where the job waited before its device stage (the journal's ``stages``)."""
@@ -68,8 +70,8 @@ class Pipeline:
         """One thread per device worker and per compile worker (their processes are started)."""
         for handle in self.devices:
             self._spawn(self._device_loop, handle)
-        for index, handle in enumerate(self.compilers):
-            self._spawn(self._compile_loop, handle, index)
+        for handle in self.compilers:
+            self._spawn(self._compile_loop, handle)
 
     def _spawn(self, target: Callable[..., None], handle: WorkerHandle, *args: object) -> None:
         thread = threading.Thread(target=target, args=(handle, *args), daemon=True,
@@ -87,6 +89,14 @@ class Pipeline:
             self.ready.clear()
             self.cond.notify_all()
 
+    def retire(self, handle: WorkerHandle) -> None:
+        """Leave out a compile worker that could not start: its loop ends, the others (or,
+        with none left, the device workers) compile its share."""
+        with self.cond:
+            if handle in self.compilers:
+                self.compilers.remove(handle)
+            self.cond.notify_all()
+
     def enqueue(self, tasks: list[Task]) -> None:
         with self.cond:
             if self.closed:
@@ -100,22 +110,25 @@ class Pipeline:
             for task in tasks:
                 task.cancelled = True
             self.pending = collections.deque(t for t in self.pending if not t.cancelled)
-            ready = [t for t in self.ready if not t.cancelled]
-            self.admitted -= len(self.ready) - len(ready)  # compiled, never run: free their slots
-            self.ready = ready
+            for task in self.ready:
+                if task.cancelled and task.admitted:  # compiled, never run: free their slots
+                    task.admitted = False
+                    self.admitted -= 1
+            self.ready = [t for t in self.ready if not t.cancelled]
             self.cond.notify_all()
 
-    def _compile_loop(self, handle: WorkerHandle, index: int) -> None:
+    def _compile_loop(self, handle: WorkerHandle) -> None:
         while True:
             with self.cond:
-                while not self.closed and not (
-                    self.pending and self.admitted < self.capacity and index < self.compile_slots
+                while not self.closed and handle in self.compilers and not (
+                    self.pending and self.admitted < self.capacity and self.compilers.index(handle) < self.compile_slots
                 ):
                     self.cond.wait()
-                if self.closed:
+                if self.closed or handle not in self.compilers:
                     return
                 task = self.pending.popleft()
                 self.admitted += 1
+                task.admitted = True
             task.compile_started_at = time.monotonic()
             outcome = handle.compile(task.spec, task.job)
             # A compile timeout, or an expected Triton compile failure (not "raise"
@@ -128,11 +141,12 @@ class Pipeline:
             # the failed attempt's seconds would teach the compile-order model nonsense.
             if final:
                 result = _compile_result(task.job, outcome, handle)
-                self._finish(task, result.with_stages(**task.stages(task.compiled_at)), admitted=True)
+                self._finish(task, result.with_stages(**task.stages(task.compiled_at)))
                 continue
             with self.cond:
                 if task.cancelled:
                     self.admitted -= 1
+                    task.admitted = False
                     self.cond.notify_all()
                     continue
                 self.ready.append(task)
@@ -147,23 +161,30 @@ class Pipeline:
                     return
             run_started = time.monotonic()
             result = handle.run_job(task.spec, task.job, task.compile_time_s)
-            self._finish(task, result.with_stages(**task.stages(run_started)), admitted=bool(self.compilers))
+            self._finish(task, result.with_stages(**task.stages(run_started)))
 
     def _take_for(self, handle: WorkerHandle) -> Task | None:
-        """The oldest task this worker may run (``avoid_workers`` holds if another worker exists)."""
-        source: list[Task] | collections.deque[Task] = self.ready if self.compilers else self.pending
+        """The oldest task this worker may run (``avoid_workers`` holds if another worker exists).
+
+        Compiled tasks first; queued ones straight from the queue only when no compile worker is left.
+        """
+        sources: list[list[Task] | collections.deque[Task]] = [self.ready]
+        if not self.compilers:
+            sources.append(self.pending)
         ids = {h.worker_id for h in self.devices}
-        for task in source:
-            avoided = set(task.job.avoid_workers)
-            if handle.worker_id not in avoided or ids <= avoided:
-                source.remove(task)
-                return task
+        for source in sources:
+            for task in source:
+                avoided = set(task.job.avoid_workers)
+                if handle.worker_id not in avoided or ids <= avoided:
+                    source.remove(task)
+                    return task
         return None
 
-    def _finish(self, task: Task, result: JobResult, *, admitted: bool) -> None:
+    def _finish(self, task: Task, result: JobResult) -> None:
         with self.cond:
-            if admitted:
+            if task.admitted:
                 self.admitted -= 1
+                task.admitted = False
             self.cond.notify_all()
         if not task.cancelled:
             task.results.put(result)
