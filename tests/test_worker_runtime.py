@@ -345,3 +345,17 @@ def test_the_runtime_writes_generated_sources_where_they_are_pruned(make_runtime
     written = {p.parent for p in (tmp_path / "work").rglob("*.py")}
     assert tmp_path / "work" / "src" in written
     assert modules.prune_sources(tmp_path / "work" / "src", max_files=0, min_idle_s=0) >= 2
+
+
+def test_broadcast_input_opens_and_nan_input_is_not_a_mutation(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(11)
+    broadcast = [torch.randn(1, 32, generator=gen).expand(32, 32), torch.randn(32, 32, generator=gen)]
+    runtime, spec, summary = make_runtime(rt_iadd, [broadcast[1], broadcast[0]])  # reads the stride-0 one
+    assert summary.mutated_leaves == (0,)
+    assert runtime.run(source(rt_iadd, [broadcast[1], broadcast[0]], [16, 16])).status == "ok"
+    x = torch.randn(32, 32, generator=gen)
+    x[1, 2], x[5, 5] = float("nan"), float("-inf")
+    runtime, spec, summary = make_runtime(rt_add, [x, x.t()])  # and two views of one storage
+    assert summary.mutated_leaves == ()
+    result = runtime.run(source(rt_add, [x, x.t()], [16, 8]))
+    assert result.status == "ok", result.error_message
