@@ -390,7 +390,7 @@ def _check_tensor(node: dict[str, Any], path: str, storages: list[int]) -> None:
         raise _bad(f"{path}.conj", "a bool", node["conj"])
     # The last byte the view reaches must lie inside its storage: torch's set_
     # would otherwise silently grow the storage with uninitialised memory.
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if all(shape):
         end = (offset + sum((n - 1) * s for n, s in zip(shape, stride)) + 1) * itemsize
     else:
