@@ -12,10 +12,11 @@ import dataclasses
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from helion_remote import errors
 
@@ -56,7 +57,7 @@ class BlobDigestMismatch(BlobStoreError):
         self.location = location
         super().__init__(
             f"blob read from {location} has sha256 {actual}, expected {expected}; "
-            f"the stored blob is corrupt: delete it and re-upload it"
+            f"the stored blob is corrupt: re-upload it (put replaces a damaged copy)"
         )
 
 
@@ -73,14 +74,20 @@ class BlobStore(Protocol):
     """Where argument blobs live between the coordinator and the workers."""
 
     def put(self, data: bytes) -> PutResult:
-        """Store ``data`` under its sha256 hex digest; a no-op if already there."""
+        """Store ``data`` under its sha256 hex digest; a no-op if an intact copy is there.
+
+        A damaged copy (truncated, bit-flipped) is replaced: a store repairs
+        itself, or one bad file would break those arguments for good.
+        """
         ...
 
     def get(self, digest: str) -> bytes:
         """The verified bytes of ``digest``; ``BlobNotFound`` / ``BlobDigestMismatch``."""
         ...
 
-    def contains(self, digest: str) -> bool: ...
+    def contains(self, digest: str) -> bool:
+        """Whether an intact copy of ``digest`` is there (a damaged one is not: re-``put`` it)."""
+        ...
 
     def describe(self) -> str:
         """Where this store is, for error messages."""
@@ -102,6 +109,14 @@ def verify(data: Buffer, digest: str, location: str) -> None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise BlobDigestMismatch(digest, actual, location)
+
+
+def _file_sha256(f: BinaryIO) -> str:
+    """sha256 of an open file, read in 4 MiB pieces (a multi-GiB blob never sits in memory twice)."""
+    h = hashlib.sha256()
+    while piece := f.read(4 << 20):
+        h.update(piece)
+    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -156,7 +171,8 @@ class MemoryBlobStore(_Counters):
         digest = hashlib.sha256(data).hexdigest()
         nbytes = memoryview(data).nbytes
         with self._lock:
-            present = digest in self._blobs
+            held = self._blobs.get(digest)
+            present = held is not None and held == data
             if not present:
                 self._blobs[digest] = bytes(data)
         return self._count(PutResult(digest, nbytes, uploaded=not present))
@@ -173,7 +189,8 @@ class MemoryBlobStore(_Counters):
     def contains(self, digest: str) -> bool:
         check_digest(digest)
         with self._lock:
-            return digest in self._blobs
+            data = self._blobs.get(digest)
+        return data is not None and hashlib.sha256(data).hexdigest() == digest
 
     def describe(self) -> str:
         return f"MemoryBlobStore(id=0x{id(self):x}, {len(self._blobs)} blobs)"
@@ -185,12 +202,16 @@ class DirectoryBlobStore(_Counters):
     Writers fill a temporary file in the target directory and ``os.replace``
     it into place, so a reader in any process sees either no file or a whole
     one.  Two writers racing on one digest both write the same bytes, and the
-    last rename wins harmlessly.
+    last rename wins harmlessly.  An existing file is trusted only once it
+    hashed to its name: ``put`` and ``contains`` verify it (remembering the
+    file's inode, size and mtime, so this process hashes each file once), and
+    ``put`` atomically replaces a damaged one.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__()
         self.root = Path(root)
+        self._verified: dict[str, tuple[int, int, int]] = {}
 
     def path(self, digest: str) -> Path:
         check_digest(digest)
@@ -199,21 +220,24 @@ class DirectoryBlobStore(_Counters):
     def put(self, data: Buffer) -> PutResult:
         digest = hashlib.sha256(data).hexdigest()
         nbytes = memoryview(data).nbytes
-        target = self.path(digest)
-        if target.exists():
+        if self._intact(digest, nbytes):
             return self._count(PutResult(digest, nbytes, uploaded=False))
+        target = self.path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{digest[:16]}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # atomic: over a damaged copy too
+            st = target.stat()
         except BaseException:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
             raise
+        with self._lock:  # these bytes were just hashed: no need to read them back
+            self._verified[digest] = (st.st_ino, st.st_size, st.st_mtime_ns)
         return self._count(PutResult(digest, nbytes, uploaded=True))
 
     def get(self, digest: str) -> bytes:
@@ -226,7 +250,31 @@ class DirectoryBlobStore(_Counters):
         return data
 
     def contains(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        return self._intact(digest)
+
+    def _intact(self, digest: str, nbytes: int | None = None) -> bool:
+        """The file at ``digest`` exists and hashes to it (cheap when this process already checked it)."""
+        target = self.path(digest)
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or (nbytes is not None and st.st_size != nbytes):
+            return False
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if self._verified.get(digest) == seen:
+                return True
+        try:
+            with open(target, "rb") as f:
+                actual = _file_sha256(f)
+        except FileNotFoundError:
+            return False
+        if actual != digest:
+            return False
+        with self._lock:
+            self._verified[digest] = seen
+        return True
 
     def describe(self) -> str:
         return f"DirectoryBlobStore({str(self.root)!r})"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 from collections import Counter
 from pathlib import Path
@@ -369,3 +370,117 @@ def test_describe_args() -> None:
     assert text == "2 tensors (float16[64,64] x2), 16.0 KiB"
     mixed = describe_args(encode_args([torch.zeros(3, dtype=torch.int64), 2, {"a": None}]).manifest)
     assert mixed == "1 tensor (int64[3]), 2 other values, 24 B"
+
+
+# ---------------------------------------------------------------- malformed manifests (fuzzed)
+
+
+def _manifest_store() -> tuple[MemoryBlobStore, dict]:
+    base = torch.arange(24, dtype=torch.float32)
+    args = [base.view(4, 6), base[2:8], torch.ones(1, 3).expand(2, 3), 7, 1.5, math.inf, "s", None, True,
+            (1, [2.0, {"k": base.view(2, 12)[1]}]), {3: False}]
+    store = MemoryBlobStore()
+    doc = json.loads(store.get(upload_args(store, args).digest))
+    return store, doc
+
+
+def _decode(store: MemoryBlobStore, doc: object) -> object:
+    data = json.dumps(doc).encode() if not isinstance(doc, bytes) else doc
+    return download_args(store, store.put(data).digest)
+
+
+def _paths(node: object, path: tuple = ()) -> list[tuple]:
+    out = [path]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*path, i))
+    return out
+
+
+def _replace(doc: object, path: tuple, value: object) -> object:
+    doc = json.loads(json.dumps(doc))
+    if not path:
+        return value
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+WRONG = [None, True, -1, 2**70, 1.5, "x", [], {}, [[]], {"t": "tensor"}]
+
+
+def test_every_field_with_a_wrong_value_is_args_format_error() -> None:
+    """Each field of a real manifest, replaced by each wrong value: decodes or is ArgsFormatError."""
+    store, doc = _manifest_store()
+    paths = [p for p in _paths(doc) if p[:1] != ("format",)]
+    assert len(paths) > 80
+    refused = 0
+    for path in paths:
+        for value in WRONG:
+            try:
+                _decode(store, _replace(doc, path, value))
+            except ArgsFormatError:
+                refused += 1
+            except Exception as error:  # noqa: BLE001 - the point of the test
+                pytest.fail(f"field {path} = {value!r} raised {type(error).__name__}: {error}")
+    assert refused > len(paths) * len(WRONG) // 2
+
+
+def test_truncated_manifest_is_args_format_error() -> None:
+    store, doc = _manifest_store()
+    raw = json.dumps(doc).encode()
+    for cut in range(0, len(raw), 7):
+        with pytest.raises(ArgsFormatError):
+            _decode(store, raw[:cut])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("shape", [5, 6], "args[0]"),  # sizes overflow the storage: set_ would grow it silently
+        ("shape", [-4, 6], "args[0].shape"),
+        ("stride", [6, -1], "args[0].stride"),
+        ("stride", [6], "args[0].stride"),
+        ("offset", -1, "args[0].offset"),
+        ("offset", 1, "args[0]"),
+        ("storage", 9, "args[0].storage"),
+        ("storage", -1, "args[0].storage"),
+        ("dtype", "qint8", "args[0].dtype"),
+        ("dtype", "Tensor", "args[0].dtype"),
+    ],
+)
+def test_bad_tensor_fields_are_named(field: str, value: object, named: str) -> None:
+    store, doc = _manifest_store()
+    doc["args"][0][field] = value
+    with pytest.raises(ArgsFormatError, match=re.escape(named)):
+        _decode(store, doc)
+
+
+def test_deep_nesting_is_args_format_error_not_recursion_error() -> None:
+    store, doc = _manifest_store()
+    deep: dict = {"t": "none"}
+    for _ in range(200):
+        deep = {"t": "list", "items": [deep]}
+    doc["args"] = [deep]
+    with pytest.raises(ArgsFormatError, match="nesting deeper"):
+        _decode(store, doc)
+    with pytest.raises(ArgsFormatError):
+        _decode(store, b"[" * 100_000 + b"]" * 100_000)
+    nested: list = []
+    for _ in range(100):
+        nested = [nested]
+    with pytest.raises(UnsupportedArgumentError, match="nest deeper"):
+        encode_args([nested])
+
+
+def test_storage_refs_are_checked() -> None:
+    store, doc = _manifest_store()
+    for ref, named in [({"digest": "ab", "nbytes": 4}, "storages[0].digest"), ({"digest": "0" * 64}, "nbytes"),
+                       ({"digest": "0" * 64, "nbytes": -3}, "storages[0].nbytes"), ("x", "storages[0]")]:
+        with pytest.raises(ArgsFormatError, match=re.escape(named)):
+            _decode(store, {**doc, "storages": [ref]})

@@ -178,3 +178,63 @@ def test_stores_pickle_for_worker_processes(store: MemoryBlobStore | DirectoryBl
     assert copy.puts == 1
     copy.put(b"after unpickling")  # the lock was rebuilt
     assert copy.puts == 2
+
+
+# ---------------------------------------------------------------- a store repairs itself
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "emptied"])
+def test_put_replaces_a_damaged_copy(store: MemoryBlobStore | DirectoryBlobStore, damage: str) -> None:
+    data = bytes(range(256)) * 40
+    digest = store.put(data).digest
+    bad = {"truncated": data[:100], "bit-flipped": bytes([data[0] ^ 1]) + data[1:], "emptied": b""}[damage]
+    corrupt(store, digest, bad)
+    with pytest.raises(BlobDigestMismatch):
+        store.get(digest)
+    assert not store.contains(digest), "a damaged copy is not contained: upload_args must re-send it"
+    again = store.put(data)
+    assert again.uploaded and again.digest == digest
+    assert store.get(digest) == data and store.contains(digest)
+    assert store.put(data).uploaded is False
+
+
+def test_upload_args_repairs_a_damaged_storage_blob(store: MemoryBlobStore | DirectoryBlobStore) -> None:
+    import torch
+
+    from helion_remote.argcodec import download_args, upload_args
+
+    args = [torch.arange(64, dtype=torch.float32)]
+    up = upload_args(store, args)
+    storage_digest = hashlib.sha256(args[0].numpy().tobytes()).hexdigest()
+    corrupt(store, storage_digest, b"\0" * 10)
+    with pytest.raises(BlobDigestMismatch):
+        download_args(store, up.digest)
+    again = upload_args(store, args)  # what the next autotune run does
+    assert again.puts == 1 and again.puts_skipped == 1
+    assert torch.equal(download_args(store, up.digest)[0], args[0])  # type: ignore[arg-type]
+
+
+def test_directory_store_replaces_atomically_and_checks_each_file_once(tmp_path: Path) -> None:
+    store = DirectoryBlobStore(tmp_path)
+    data = b"x" * 1000
+    digest = store.put(data).digest
+    before = store.path(digest).stat().st_ino
+    store.path(digest).write_bytes(b"y" * 1000)  # same size, wrong bytes, written in place
+    assert store.put(data).uploaded
+    assert store.path(digest).stat().st_ino != before, "replaced by rename, never rewritten in place"
+    assert not list(store.path(digest).parent.glob("*.tmp"))
+    reads: list[str] = []
+    real_open = open
+
+    def counting_open(path, *a, **kw):  # type: ignore[no-untyped-def]
+        reads.append(str(path))
+        return real_open(path, *a, **kw)
+
+    import builtins
+
+    builtins.open = counting_open  # type: ignore[assignment]
+    try:
+        assert store.contains(digest) and store.contains(digest) and not store.put(data).uploaded
+    finally:
+        builtins.open = real_open  # type: ignore[assignment]
+    assert reads == [], "this process verified the file when it wrote it"

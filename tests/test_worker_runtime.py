@@ -312,3 +312,50 @@ def test_a_planted_file_at_a_content_address_is_replaced_not_imported(tmp_path: 
         assert load_source_module(shipped, tmp_path).VALUE == "shipped"
     finally:
         sys.modules.pop(shipped.name, None)
+
+
+def test_generated_sources_are_bounded_least_recently_used_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from helion_remote.worker import modules
+
+    monkeypatch.setattr(modules, "MAX_SOURCE_FILES", 20)
+    monkeypatch.setattr(modules, "PRUNE_EVERY", 10)
+    src = tmp_path / "src"
+    old = time.time() - 3600
+    for i in range(50):  # an hour-old pile from earlier runs
+        path = modules.write_once(src / f"old{i:02d}.py", f"X = {i}\n")
+        os.utime(path, (old + i, old + i))
+    reused = modules.write_once(src / "old00.py", "X = 0\n")  # reuse marks it recently used
+    for i in range(30):  # this run's configs
+        modules.write_once(src / f"new{i:02d}.py", f"Y = {i}\n")
+    names = {p.name for p in src.iterdir()}
+    # Over the cap, every idle file went; recently used ones stay whatever the count.
+    assert names == {f"new{i:02d}.py" for i in range(30)} | {reused.name}
+    assert modules.prune_sources(src, max_files=0) == 0, "nothing idle is left to delete"
+    assert modules.prune_sources(src, max_files=0, min_idle_s=0) == len(names)
+
+
+def test_the_runtime_writes_generated_sources_where_they_are_pruned(make_runtime, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from helion_remote.worker import modules
+
+    args = two()
+    runtime, spec, _ = make_runtime(rt_add, args)
+    assert runtime.run(source(rt_add, args, [16, 16])).status == "ok"
+    written = {p.parent for p in (tmp_path / "work").rglob("*.py")}
+    assert tmp_path / "work" / "src" in written
+    assert modules.prune_sources(tmp_path / "work" / "src", max_files=0, min_idle_s=0) >= 2
+
+
+def test_broadcast_input_opens_and_nan_input_is_not_a_mutation(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(11)
+    broadcast = [torch.randn(1, 32, generator=gen).expand(32, 32), torch.randn(32, 32, generator=gen)]
+    runtime, spec, summary = make_runtime(rt_iadd, [broadcast[1], broadcast[0]])  # reads the stride-0 one
+    assert summary.mutated_leaves == (0,)
+    assert runtime.run(source(rt_iadd, [broadcast[1], broadcast[0]], [16, 16])).status == "ok"
+    x = torch.randn(32, 32, generator=gen)
+    x[1, 2], x[5, 5] = float("nan"), float("-inf")
+    runtime, spec, summary = make_runtime(rt_add, [x, x.t()])  # and two views of one storage
+    assert summary.mutated_leaves == ()
+    result = runtime.run(source(rt_add, [x, x.t()], [16, 8]))
+    assert result.status == "ok", result.error_message

@@ -20,6 +20,7 @@ from helion_remote.coordinator.codegen import kernel_definition, kernel_source
 from helion_remote.coordinator.progress import ProgressLine
 from helion_remote.coordinator.run_context import RemoteContext, RunOptions, RunState, TargetCheck
 from helion_remote.coordinator.stats import RunStats
+from helion_remote.errors import ConfigurationError
 from helion_remote.executor import RemoteBenchmarkExecutor
 from helion_remote.kernel_copy import private_kernel
 
@@ -35,6 +36,7 @@ class AutotuneResult:
 
     config: Any
     best_ms: float
+    """The chosen config's timing; ``nan`` when nothing was measured (``effort="none"``)."""
     decorator: str
     stats: dict[str, object]
     backend: str
@@ -45,8 +47,19 @@ class AutotuneResult:
     records: list[dict[str, object]] = dataclasses.field(default_factory=list, repr=False)
     """Every job result of the run (status, perf, compile time, worker, timestamps)."""
 
+    @property
+    def measured(self) -> bool:
+        """False when the config was picked without timing it (``effort="none"``)."""
+        return not math.isnan(self.best_ms)
+
+    def timing(self) -> str:
+        """``best 0.1234 ms``, or what was picked instead of a measurement."""
+        if self.measured:
+            return f"best {self.best_ms:.4f} ms"
+        return "default config (effort='none', not measured)"
+
     def __str__(self) -> str:
-        return f"{self.kernel_name}: {self.best_ms:.4f} ms on {self.backend}\n{self.decorator}"
+        return f"{self.kernel_name}: {self.timing()} on {self.backend}\n{self.decorator}"
 
 
 _shared_executors: dict[str, RemoteBenchmarkExecutor] = {}
@@ -171,7 +184,7 @@ def autotune(
     override the effort profile's), ``settings`` are Helion settings
     (``autotune_budget_seconds=...``, ``autotune_random_seed=...``).
     """
-    _validate_options(effort, codegen_workers)
+    _validate_options(effort, codegen_workers, max_infra_retries)
     algorithm_cls = resolve_algorithm(algorithm)
     executor = _pick_executor(backend)
     started = time.perf_counter()
@@ -208,14 +221,20 @@ class _Found:
 
     config: Any
     best_ms: float
+    """The chosen config's timing; ``nan`` when nothing was measured (``effort="none"``)."""
     decorator: str
     kernel_name: str
     codegen_processes: int
 
 
-def _validate_options(effort: str | None, codegen_workers: int | None) -> None:
+def _validate_options(effort: str | None, codegen_workers: int | None, max_infra_retries: object) -> None:
     if effort is not None and effort not in _EFFORTS:
         raise ValueError(f"unknown effort {effort!r}; valid efforts: {', '.join(_EFFORTS)}")
+    if type(max_infra_retries) is not int or max_infra_retries < 0:
+        raise ConfigurationError(
+            f"max_infra_retries must be an int >= 0 (how often one job is retried on another worker "
+            f"after an infra_error; 0: never), got {max_infra_retries!r}"
+        )
     if codegen_workers is not None and (not isinstance(codegen_workers, int) or codegen_workers < 0):
         raise ValueError(f"codegen_workers must be an int >= 0 or None (the backend's suggestion), got {codegen_workers!r}")
 
@@ -284,13 +303,13 @@ def _search(
     bound: Any, search_args: tuple[object, ...], algorithm_cls: type, algorithm_options: dict[str, object],
     context: RemoteContext,
 ) -> _Found:
-    """Run the search (effort none: the default config) and read what it found."""
+    """Run the search and read what it found (effort none: the default config, not measured: ``nan`` ms)."""
     if bound.settings.autotune_effort == "none":
         config = bound.config_spec.default_config()
-    else:
-        factory = search_factory(bound, search_args, algorithm_cls, **algorithm_options)
-        # The cache enters remote_mode for the whole run (trials included).
-        config = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context).autotune()
+        return _Found(config, math.nan, bound.format_kernel_decorator(config, bound.settings), bound.kernel.name, 0)
+    factory = search_factory(bound, search_args, algorithm_cls, **algorithm_options)
+    # The cache enters remote_mode for the whole run (trials included).
+    config = RemoteAutotuneCache(factory(), autotuner_factory=factory, context=context).autotune()
     return _Found(
         config=config,
         best_ms=context.state.last_perf_ms.get(kernel_source(bound, config).digest, math.inf),
@@ -326,7 +345,7 @@ def _print_result(result: AutotuneResult, stats: RunStats) -> None:
     cost = f"\nestimated cost: {result.stats['cost']}" if "cost" in result.stats else ""
     target = f", target {result.target}" if result.target else ""
     print(
-        f"[helion-remote] {result.kernel_name}: best {result.best_ms:.4f} ms, "
+        f"[helion-remote] {result.kernel_name}: {result.timing()}, "
         f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
         f"({result.algorithm}{target}){cost}\n{result.decorator}",
         file=sys.stderr,

@@ -5,6 +5,15 @@ user modules they import must exist as files; content-addressed paths let
 every process of a host share them.  A module name already loaded with other
 code means the process must be replaced: reusing it would run the generated
 kernel against the wrong globals.
+
+Generated sources (~4 KB a config) would pile up without limit in a
+long-lived work directory, so each directory is bounded: a file's mtime is
+its last use (``write_once`` touches a file it reuses), and every
+``PRUNE_EVERY`` writes a process deletes the least recently used files beyond
+``MAX_SOURCE_FILES``, never one used in the last ``MIN_IDLE_S`` seconds.  A
+file is needed only between ``write_once`` and the end of its import (Triton
+keeps the source it read), and a later job that wants a deleted file writes
+it again, so processes sharing the directory never lose a file they import.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -20,6 +31,16 @@ from helion_remote.errors import WorkerError
 from helion_remote.protocol import SourceModule
 
 _DIGEST_ATTR = "__helion_remote_digest__"
+
+MAX_SOURCE_FILES = 4096
+"""Files kept per source directory (~16 MiB of generated kernels), beyond those in use."""
+MIN_IDLE_S = 600.0
+"""A file used (written or reused) this recently is never deleted: some process may be importing it."""
+PRUNE_EVERY = 256
+"""Writes between two prunes of a directory by one process (a prune stats every file)."""
+
+_writes: dict[Path, int] = {}
+_writes_lock = threading.Lock()
 
 
 class ModuleConflictError(WorkerError):
@@ -39,14 +60,71 @@ def write_once(path: Path, text: str) -> Path:
     """
     try:
         if path.read_text(encoding="utf-8") == text:
+            _touch(path)  # its mtime is its last use: the pruner keeps recently used files
             return path
     except (OSError, UnicodeDecodeError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    _count_write(path.parent)
     return path
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # a read-only shared directory: nothing to prune there either
+        pass
+
+
+def _count_write(directory: Path) -> None:
+    with _writes_lock:
+        count = _writes.get(directory, 0)
+        _writes[directory] = count + 1
+    if count % PRUNE_EVERY == 0:  # the first write of a process prunes too: restarts keep the bound
+        prune_sources(directory)
+
+
+def prune_sources(directory: Path, *, max_files: int | None = None, min_idle_s: float | None = None) -> int:
+    """Delete the least recently used files of ``directory`` beyond ``max_files``; how many went.
+
+    Files used within ``min_idle_s`` stay whatever the count (one may be
+    importing right now), as do subdirectories.  Safe against other processes
+    pruning or writing the same directory: a file already gone is skipped.
+    """
+    keep = MAX_SOURCE_FILES if max_files is None else max_files
+    idle = MIN_IDLE_S if min_idle_s is None else min_idle_s
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    files: list[tuple[float, str]] = []
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False):
+                files.append((entry.stat(follow_symlinks=False).st_mtime, entry.path))
+        except OSError:
+            continue
+    if len(files) <= keep:
+        return 0
+    files.sort()
+    cutoff = time.time() - idle
+    removed = 0
+    for mtime, file in files[: len(files) - keep]:
+        if mtime > cutoff:
+            break  # sorted: everything after was used more recently still
+        try:
+            if os.stat(file).st_mtime > cutoff:
+                continue  # another process just reused it
+            os.unlink(file)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError:
+            break
+    return removed
 
 
 def register_source_module(module: SourceModule, file: Path) -> None:

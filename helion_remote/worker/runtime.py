@@ -46,7 +46,7 @@ from helion_remote.protocol import (
     format_traceback,
 )
 from helion_remote.worker import _helion_worker_compat as hc
-from helion_remote.worker.checking import Session, clone_leaf, open_session_args
+from helion_remote.worker.checking import Session, clone_leaves, open_session_args
 from helion_remote.worker.failures import KernelFailure, classify, describe
 from helion_remote.worker.interpreter import install_interpreter_num_sm, interpreter_mode
 from helion_remote.worker.modules import JobLoadError, ModuleConflictError, register_source_module, write_once
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from helion_remote.blobs import BlobStore
 
 __all__ = ["CPU_MAX_REPS_ENV", "BaselineError", "CompileOutcome", "JobLoadError", "ModuleConflictError",
-           "SessionSummary", "WorkerRuntime"]
+           "SessionSummary", "UncheckableReferenceError", "WorkerRuntime"]
 
 RETIME_ROUNDS = 3
 LOADED_CACHE_SIZE = 32
@@ -66,6 +66,22 @@ LOADED_CACHE_SIZE = 32
 
 class BaselineError(SessionOpenError):
     """The reference kernel failed, so no candidate of the session can be checked."""
+
+
+class UncheckableReferenceError(BaselineError):
+    """The reference ran, but its results cannot tell a right candidate from a wrong one.
+
+    Raised at session open, before any candidate runs: otherwise every
+    candidate (the reference config too) fails accuracy and the search ends
+    in a misleading ``NoConfigFound``.
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            f"the reference config's results cannot check candidates: {cause}. "
+            "Fix: autotune on finite inputs (e.g. torch.randn, or torch.nan_to_num(x)); "
+            "the best config does not depend on the values"
+        )
 
 
 class WorkerRuntime:
@@ -166,7 +182,7 @@ class WorkerRuntime:
             fn = self._load(spec.reference)
         except KernelFailure as failure:
             raise BaselineError(f"reference kernel failed to load: {failure.message}") from failure
-        clones = [clone_leaf(leaf) for leaf in session.leaves]
+        clones = clone_leaves(session.leaves)
         try:
             output = fn(*tree_unflatten(clones, session.spec_tree))
             hc.synchronize_device()
@@ -175,6 +191,26 @@ class WorkerRuntime:
                 self.sticky = True
             raise BaselineError(f"reference kernel failed: {describe(error)}") from error
         session.record_baseline(output, clones)
+        problem = session.reference_problem()
+        if problem is None and session.nan_masks:
+            problem = self._reference_disagrees(fn, session)
+        if problem is not None:
+            raise UncheckableReferenceError(problem)
+
+    def _reference_disagrees(self, fn: Callable[..., object], session: Session) -> str | None:
+        """Run the reference again: NaNs that move between runs would fail every candidate."""
+        args = session.fresh_args()
+        try:
+            output = fn(*args)
+            hc.synchronize_device()
+        except Exception as error:
+            if hc.match_unrecoverable_runtime_error(error):
+                self.sticky = True
+            raise BaselineError(f"reference kernel failed on its second run: {describe(error)}") from error
+        problem = session.accuracy_problem(output, args, session.spec.tolerances)
+        if problem is None:
+            return None
+        return f"its results contain NaN and two runs on the same inputs disagree ({problem.splitlines()[0]})"
 
     def _require_session(self, args_digest: str, baseline_digest: str | None = None) -> Session:
         session = self._session

@@ -107,6 +107,9 @@ class VolumeBlobStore(_Counters):
         self.name = name
         self.chunk_bytes = chunk_bytes
         self._present: set[str] = set()
+        """Paths seen to exist (chunks with their size)."""
+        self._verified: set[str] = set()
+        """Index paths whose whole blob was seen complete."""
         self._present_lock = threading.Lock()
         self.exists_calls = 0
         self.files_uploaded = 0
@@ -134,7 +137,30 @@ class VolumeBlobStore(_Counters):
         return found
 
     def contains(self, digest: str) -> bool:
-        return self._exists(index_path(digest))
+        """An index that parses, and every chunk it names there with its size.
+
+        Existence of the index alone is not enough: a chunk truncated or lost
+        after the index was written would fail every worker's read, while an
+        upload that trusted the index would never replace it.  (A chunk of the
+        right size with wrong bytes is caught by the worker's hash check.)
+        """
+        path = index_path(digest)
+        with self._present_lock:
+            if path in self._verified:
+                return True
+        if not self._exists(path):
+            return False
+        try:
+            index = _parse_index(b"".join(self.volume.read_file(path)), digest)
+        except Exception as error:  # noqa: BLE001 - unreadable or damaged index: not contained
+            if _is_not_found(error) or isinstance(error, ValueError):
+                return False
+            raise
+        if not all(self._exists(chunk_path(c), n) for c, n in index["chunks"]):
+            return False
+        with self._present_lock:
+            self._verified.add(path)
+        return True
 
     def put(self, data: Buffer) -> PutResult:
         view = memoryview(data).cast("B")
@@ -142,6 +168,8 @@ class VolumeBlobStore(_Counters):
         digest, *chunk_digests = _sha256_all([view, *parts])
         if self.contains(digest):
             return self._count(PutResult(digest, view.nbytes, uploaded=False))
+        with self._present_lock:  # whatever was seen of a damaged blob is not trusted again
+            self._present.discard(index_path(digest))
         chunks = [(c, part.nbytes, part) for c, part in zip(chunk_digests, parts, strict=True)]
         missing: dict[str, memoryview] = {}
         for chunk, nbytes, part in chunks:
@@ -155,7 +183,10 @@ class VolumeBlobStore(_Counters):
             {"format": INDEX_FORMAT, "digest": digest, "nbytes": view.nbytes, "chunks": [[c, n] for c, n, _ in chunks]},
             sort_keys=True, separators=(",", ":"),
         ).encode()
-        self._upload({index_path(digest): memoryview(index)})  # last: the index means "complete"
+        # Last: the index means "complete".  Forced, so a damaged index is replaced too.
+        self._upload({index_path(digest): memoryview(index)}, force=True)
+        with self._present_lock:
+            self._verified.add(index_path(digest))
         return self._count(PutResult(digest, view.nbytes, uploaded=True))
 
     def _upload(self, files: dict[str, memoryview], *, force: bool = False) -> None:
@@ -204,13 +235,22 @@ def _entry_path(entry: Any) -> str:
 
 
 def _parse_index(raw: bytes, digest: str) -> dict[str, Any]:
-    index = json.loads(raw)
-    if index.get("format") != INDEX_FORMAT or index.get("digest") != digest:
+    """The index of ``digest``; ``ValueError`` for anything else (truncated, damaged, another blob's)."""
+    try:
+        index = json.loads(raw)
+        ok = (isinstance(index, dict) and index.get("format") == INDEX_FORMAT and index.get("digest") == digest
+              and type(index.get("nbytes")) is int and isinstance(index.get("chunks"), list))
+        if ok:
+            for entry in index["chunks"]:
+                chunk, nbytes = entry
+                check_digest(chunk)
+                ok = ok and type(nbytes) is int and nbytes >= 0
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"blob index for {digest} is damaged: {error}") from None
+    if not ok:
         raise ValueError(f"blob index for {digest} is not a {INDEX_FORMAT} index of that digest")
     if sum(n for _, n in index["chunks"]) != index["nbytes"]:
         raise ValueError(f"blob index for {digest}: chunk sizes do not add up to {index['nbytes']}")
-    for chunk, _ in index["chunks"]:
-        check_digest(chunk)
     return index
 
 
