@@ -174,9 +174,13 @@ class WireOp:
     )
 
 
+_BASELINE_ERRORS = ("BaselineError", "UncheckableReferenceError")
+"""The reference kernel failed or cannot be checked (``worker.checking``): the session's fault, not the container's."""
+
+
 def _open_failure(args: tuple[Any, ...], error_class: str, message: str, traceback: str | None,
                   worker: WorkerInfo) -> Payload:
-    kind = "baseline" if error_class == "BaselineError" else "load"
+    kind = "baseline" if error_class in _BASELINE_ERRORS else "load"
     return {"ok": False, "kind": kind, "message": message, "traceback": traceback}
 
 
