@@ -37,7 +37,7 @@ class _Executor(RemoteBenchmarkExecutor):
         return []
 
     def _open_session(self, spec: SessionSpec) -> RemoteSession:
-        return _Session(spec)
+        return _Session(self, spec)
 
 
 class _Log:
