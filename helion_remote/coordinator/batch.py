@@ -61,6 +61,12 @@ class Batch:
             on_result=self._report,
             budget_spent=self._budget_spent,
         )
+        cancelled = len(self._jobs) - len(self._finals)
+        if cancelled and self._context.progress is not None:
+            self._context.progress(
+                f"{self._desc.rstrip(': ')}: budget spent, {cancelled} job(s) cancelled, "
+                f"{self._measured}/{len(self._jobs)} measured", final=True,
+            )
 
     def helion_results(self) -> list[Any]:
         """Helion's ``BenchmarkResult`` per config, in the order the search asked."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from helion_remote.errors import SearchError, with_remote_cause
@@ -78,15 +78,19 @@ def run_jobs(
     before the first result is awaited.
     """
     run = _Run(session, stats, max_infra_retries, on_result, budget_spent or _never, poll_s)
+    chunks = iter(job_chunks)
     try:
-        for chunk in job_chunks:
+        for chunk in chunks:
             run.submit(chunk)
             run.handle_waiting()  # retries leave while code for later chunks is generated
         run.wait()
     finally:
         # Done, cut by the budget, or leaving early (an exception, Ctrl-C): cancel every
-        # job not yet answered (a stream's close() is a no-op once drained).
+        # job not yet answered (a stream's close() is a no-op once drained), and stop
+        # generating code for chunks that will not be sent.
         run.close()
+        if isinstance(chunks, Generator):
+            chunks.close()
     return run.finals()
 
 
