@@ -89,7 +89,7 @@ class Batch:
             if original is None:  # a copy of a job the budget cancelled
                 state.stats.budget_cancelled += 1
                 continue
-            state.stats.deduplicated += 1
+            state.stats.deduplicated += original.status != "infra_error"  # a lost one's copy is lost, not answered
             self._results[index] = to_helion(self._provider, self._configs[index], handle, original, measured=False)
         return self._results
 
