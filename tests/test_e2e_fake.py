@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -161,13 +162,54 @@ def test_unknown_names_list_valid_ones() -> None:
         helion_remote.autotune(matmul, args, backend=FakeExecutor(), autotune_nope=1)
 
 
-def test_infra_retries_exhausted_is_an_error_not_a_config_failure() -> None:
+def test_infra_retries_exhausted_on_every_job_is_an_error_not_a_config_failure() -> None:
     from helion_remote.coordinator.dispatch import InfraRetriesExhausted
 
     executor = FakeExecutor(seed=1, faults=[FaultRule("transport_error", rate=1.0, attempts="all")])
-    with pytest.raises(InfraRetriesExhausted, match="failed 4 times on infrastructure"):
+    with pytest.raises(InfraRetriesExhausted, match="every job of this run failed 4 times on infrastructure"):
         helion_remote.autotune(matmul, matmul_args(), backend=executor, algorithm="RandomSearch",
                                effort="quick", print_result=False)
+
+
+def _digest(config: helion.Config, args: tuple[torch.Tensor, ...]) -> str:
+    from helion_remote.coordinator.codegen import kernel_source
+
+    return kernel_source(matmul.bind(args), config).digest
+
+
+def test_a_config_lost_to_infrastructure_is_not_blamed_and_the_search_ends_with_its_best() -> None:
+    """Infra faults on every attempt at 20%: this seed lost a job after 146 jobs and used to abort the run."""
+    executor = FakeExecutor(seed=2, faults=[FaultRule("worker_crash", rate=0.2, attempts="all")])
+    args = matmul_args()
+    result = helion_remote.autotune(matmul, args, backend=executor, algorithm="PatternSearch", effort="quick",
+                                    autotune_random_seed=2, print_result=False)
+    _assert_valid(matmul, args, result)
+    final: dict[str, str] = {}  # job id -> status of its last attempt
+    attempts: dict[str, int] = {}
+    for job, job_result in executor.job_log:
+        if job.attempt >= attempts.get(job.job_id, -1):
+            attempts[job.job_id], final[job.job_id] = job.attempt, job_result.status
+    lost = {job.kernel.digest for job, _ in executor.job_log if final[job.job_id] == "infra_error"}
+    assert lost and result.stats["configs_lost_to_infra"] >= len(lost)
+    assert result.stats["failures"] == {}  # lost configs are not kernel failures
+    assert _digest(result.config, args) not in lost
+    assert executor.jobs_submitted == executor.jobs_run == len(result.records)
+
+
+@pytest.mark.parametrize("algorithm", ["PatternSearch", "LFBOTreeSearch"])
+def test_a_spent_time_budget_cancels_the_batch_in_flight(algorithm: str) -> None:
+    """Jobs of 1 s on 2 workers, a 2 s budget: the search returns its best within a few seconds of it."""
+    from kernels import add_inplace, add_inplace_args
+
+    executor = FakeExecutor(seed=0, workers=2, latency_s=1.0)
+    started = time.perf_counter()
+    result = helion_remote.autotune(add_inplace, add_inplace_args(), backend=executor, algorithm=algorithm,
+                                    effort="quick", autotune_budget_seconds=2, print_result=False)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2 + 3, f"a 2 s budget took {elapsed:.1f}s"
+    assert isinstance(result.config, helion.Config) and math.isfinite(result.best_ms)
+    assert result.stats["budget_cancelled"] > 0
+    assert executor.jobs_submitted > executor.jobs_run  # the queued jobs never ran
 
 
 def test_best_of_k_trials_all_run_remotely() -> None:

@@ -202,8 +202,12 @@ class FakeExecutor(RemoteBenchmarkExecutor):
         self._measured: dict[str, dict[str, object]] = {}
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fake-worker")  # threads start on first use
         self.sessions_opened = 0
+        self.jobs_submitted = 0
+        """Jobs handed to ``submit`` (retries included), whether or not they ran."""
         self.jobs_run = 0
         self.retime_calls = 0
+        self.job_log: list[tuple[BenchmarkJob, JobResult]] = []
+        """Every job that ran and the result it got, in completion order: which config met which fault."""
 
     @property
     def blob_store(self) -> BlobStore:
@@ -284,6 +288,16 @@ class FakeExecutor(RemoteBenchmarkExecutor):
         return base * math.exp(noise * gauss)
 
     def _run(self, job: BenchmarkJob) -> JobResult:
+        try:
+            result = self._outcome(job)
+        finally:  # a cost model that raised still ran the job (its stream answers infra_error)
+            with self._lock:
+                self.jobs_run += 1
+        with self._lock:
+            self.job_log.append((job, result))
+        return result
+
+    def _outcome(self, job: BenchmarkJob) -> JobResult:
         worker = self._pick_worker(job.avoid_workers)
         worker_id = worker.worker_id
         started = time.time()
@@ -291,7 +305,6 @@ class FakeExecutor(RemoteBenchmarkExecutor):
         delay = self.latency_s * (fault.slow_factor if fault and fault.kind == "straggler" else 1.0)
         if delay:
             time.sleep(delay)
-        self.jobs_run += 1
         common = dict(
             job_id=job.job_id,
             worker_id=worker_id,
@@ -358,6 +371,8 @@ class FakeSession(RemoteSession):
     def _submit(self, jobs: list[BenchmarkJob]) -> ResultStream:
         """Every job is on the pool when this returns, like a real backend; ``close()`` cancels the unstarted."""
         results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+        with self._executor._lock:
+            self._executor.jobs_submitted += len(jobs)
         futures = [self._executor._start(job, results) for job in jobs]
 
         def cancel() -> None:

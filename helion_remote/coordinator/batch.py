@@ -4,6 +4,9 @@ Jobs leave in growing chunks while code for the rest of the batch is still
 being generated (``dispatch.growing_chunks``), longest predicted compile
 first (``compile_order``).  A config whose module is byte-identical to one
 already measured or in flight in this session is answered with that result.
+Once a budget is spent, nothing more is generated and the jobs in flight are
+cancelled; their configs stay unmeasured (``perf=inf``), as Helion's provider
+leaves the configs it skips.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Batch:
         self._handled = 0
         self._measured = self._failed = 0
         self._finals: dict[str, JobResult] = {}
+        self._spent = False
         self.no_viable_error: Exception | None = None
         """The codegen error of the batch's last config when nothing was dispatched and nothing
         measured so far: Helion raises it, or reports it later (``raise_if_no_viable_config``)."""
@@ -55,22 +59,38 @@ class Batch:
             stats=self._context.stats,
             max_infra_retries=self._context.options.max_infra_retries,
             on_result=self._report,
+            budget_spent=self._budget_spent,
         )
+        cancelled = len(self._jobs) - len(self._finals)
+        if cancelled and self._context.progress is not None:
+            self._context.progress(
+                f"{self._desc.rstrip(': ')}: budget spent, {cancelled} job(s) cancelled, "
+                f"{self._measured}/{len(self._jobs)} measured", final=True,
+            )
 
     def helion_results(self) -> list[Any]:
         """Helion's ``BenchmarkResult`` per config, in the order the search asked."""
         state, measured_sources = self._context.state, self._opened.measured_sources
+        answered: dict[str, JobResult] = {}
         for job_id, (index, job, handle) in self._jobs.items():
-            final = self._finals[job_id]
+            final = self._finals.get(job_id)
+            if final is None:  # cancelled: the budget was spent first
+                state.stats.budget_cancelled += 1
+                continue
+            answered[job.kernel.digest] = final
             self._results[index] = to_helion(self._provider, self._configs[index], handle, final)
+            if final.status == "infra_error":
+                continue  # lost, not measured: a later config with this source is measured again
             measured_sources[job.kernel.digest] = final
             if state.compile_cost is not None:
                 state.compile_cost.observe(self._configs[index], compile_seconds(final.stages, final.compile_time_s))
         for index, digest, handle in self._copies:
-            state.stats.deduplicated += 1
-            self._results[index] = to_helion(
-                self._provider, self._configs[index], handle, measured_sources[digest], measured=False
-            )
+            original = measured_sources.get(digest) or answered.get(digest)
+            if original is None:  # a copy of a job the budget cancelled
+                state.stats.budget_cancelled += 1
+                continue
+            state.stats.deduplicated += original.status != "infra_error"  # a lost one's copy is lost, not answered
+            self._results[index] = to_helion(self._provider, self._configs[index], handle, original, measured=False)
         return self._results
 
     def _sources(self, order: Sequence[int]) -> Iterator[tuple[int, KernelSource | Exception]]:
@@ -112,7 +132,10 @@ class Batch:
             stream.close()  # a pool stops feeding its processes and waits for their replies
 
     def _budget_spent(self) -> bool:
-        return self._provider.budget_exceeded_fn() or self._context.executor.budget_exceeded()
+        """Helion's wall-clock budget or the backend's spending budget; once spent, spent for the batch
+        (Helion's check logs each time it answers yes)."""
+        self._spent = self._spent or self._provider.budget_exceeded_fn() or self._context.executor.budget_exceeded()
+        return self._spent
 
     def _codegen_failed(self, index: int, error: Exception) -> None:
         self._results[index] = record_codegen_failure(self._provider, self._results[index], error)

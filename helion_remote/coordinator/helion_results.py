@@ -63,6 +63,8 @@ def to_helion(
     provider: RemoteBenchmarkProvider, config: Any, handle: RemoteKernel, result: JobResult, *, measured: bool = True
 ) -> Any:
     """Helion's ``BenchmarkResult`` for ``result``; ``measured=False`` reuses a same-source result."""
+    if result.status == "infra_error":
+        return lost_to_infrastructure(provider, config, result)
     reference_ms = in_reference_units(provider, result)
     if measured:
         _count_measurement(provider, handle, result, reference_ms)
@@ -81,6 +83,22 @@ def to_helion(
     )
     _log_entry(provider, helion_result)
     return helion_result
+
+
+def lost_to_infrastructure(provider: RemoteBenchmarkProvider, config: Any, result: JobResult) -> Any:
+    """A config whose job failed on infrastructure every attempt: unmeasured, and not blamed.
+
+    Helion gets what its own provider gives a config it skipped (``perf=inf``,
+    status ``error``, no failure recorded), so the search moves on without
+    picking it and without counting a kernel failure; ``stats.failures`` stays
+    the kernels' and ``stats.configs_lost_to_infra`` counts it.
+    """
+    provider.context.stats.configs_lost_to_infra += 1
+    provider.log.warning(
+        f"Config lost to infrastructure (every attempt failed; last: {result.error_class}: "
+        f"{result.error_message} on worker {result.worker_id or '?'}); left unmeasured: {config!r}"
+    )
+    return unmeasured(config)._replace(completed_at=time.perf_counter())
 
 
 def in_reference_units(provider: RemoteBenchmarkProvider, result: JobResult) -> float | None:

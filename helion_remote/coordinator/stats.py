@@ -19,6 +19,10 @@ class RunStats:
     """Configs answered with the result of a byte-identical generated module (not re-measured)."""
     budget_skipped: int = 0
     """Configs the search asked for after a time or cost budget was spent (never dispatched)."""
+    budget_cancelled: int = 0
+    """Configs dispatched but cancelled unanswered when a time or cost budget ran out."""
+    configs_lost_to_infra: int = 0
+    """Configs whose job failed on infrastructure every attempt: unmeasured, never counted in ``failures``."""
     blob_bytes_uploaded: int = 0
     blob_puts: int = 0
     blob_puts_skipped: int = 0
@@ -75,6 +79,8 @@ class RunStats:
             "codegen_failures": self.codegen_failures,
             "deduplicated": self.deduplicated,
             "budget_skipped": self.budget_skipped,
+            "budget_cancelled": self.budget_cancelled,
+            "configs_lost_to_infra": self.configs_lost_to_infra,
             "blob_bytes_uploaded": self.blob_bytes_uploaded,
             "blob_puts": self.blob_puts,
             "blob_puts_skipped": self.blob_puts_skipped,
