@@ -276,3 +276,18 @@ def test_without_prctl_the_watchdog_kills_a_child_whose_parent_died() -> None:
         if child:
             with contextlib.suppress(OSError):
                 os.kill(child, signal.SIGKILL)
+
+
+def test_a_compile_is_cut_at_the_jobs_compile_timeout_like_stock_helion(executor: LocalExecutor) -> None:
+    """Stock Helion kills a precompile ``autotune_compile_timeout`` s after it starts; the margin
+    (here 2 s, by default 10 s) is for the run, not the compile (a 30 s compile limit once took 40 s)."""
+    (handle,) = executor._devices
+    session = open_session(executor, "compile-limit")
+    slow = dataclasses.replace(job(session, ADD, "slow-compile"), compile_timeout_s=1.0)
+    slow = dataclasses.replace(slow, kernel=KernelSource("import time\ntime.sleep(30)\n" + slow.kernel.module_source,
+                                                          slow.kernel.entry_name))
+    started = time.monotonic()
+    outcome = handle.compile(session.spec, slow)  # type: ignore[attr-defined]
+    took = time.monotonic() - started
+    assert outcome.status == "timeout", outcome
+    assert took < 1.0 + 1.5, f"the compile was cut after {took:.1f}s, not at its 1 s limit"

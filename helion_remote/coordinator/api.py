@@ -346,10 +346,20 @@ def _print_result(result: AutotuneResult, stats: RunStats) -> None:
     target = f", target {result.target}" if result.target else ""
     print(
         f"[helion-remote] {result.kernel_name}: {result.timing()}, "
-        f"{stats.configs_measured} configs in {stats.wall_s:.1f}s on {result.backend} "
+        f"{stats.configs_measured} configs{_losses(stats)} in {stats.wall_s:.1f}s on {result.backend} "
         f"({result.algorithm}{target}){cost}\n{result.decorator}",
         file=sys.stderr,
     )
+
+
+def _losses(stats: RunStats) -> str:
+    """What the run could not measure for reasons that are not the configs' (empty when nothing)."""
+    parts = []
+    if stats.configs_lost_to_infra:
+        parts.append(f"{stats.configs_lost_to_infra} lost to infrastructure")
+    if stats.budget_cancelled:
+        parts.append(f"{stats.budget_cancelled} cut by the budget")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _backend_name(executor: RemoteBenchmarkExecutor) -> str:

@@ -264,7 +264,9 @@ class WorkerHandle:
                 return self._failed(job, "infra_error", started, error, compile_time_s)
 
     def compile(self, session: SessionSpec, job: BenchmarkJob) -> CompileOutcome:
-        limit = job.compile_timeout_s + self.spec.timeout_margin_s
+        # Exactly the job's compile timeout, as stock Helion kills a precompile
+        # ``autotune_compile_timeout`` seconds after it starts (no margin on top).
+        limit = job.compile_timeout_s
         start = time.perf_counter()
         with self.lock:
             try:
