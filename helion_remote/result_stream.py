@@ -54,6 +54,8 @@ class ResultStream(Iterator[JobResult]):
                     result = self._lost()
                 else:
                     continue
+            if result is _CLOSED:  # close() from another thread: a reader waiting here leaves too
+                raise StopIteration
             self._remaining -= 1
             self._waiting.pop(result.job_id, None)
             return result
@@ -68,4 +70,9 @@ class ResultStream(Iterator[JobResult]):
         cancel, self._cancel = self._cancel, None
         if cancel is not None and self._remaining > 0:
             self._remaining = 0
+            self._results.put(_CLOSED)  # type: ignore[arg-type]  # wakes a reader blocked in __next__
             cancel()
+
+
+_CLOSED = object()
+"""Put on the queue by ``close()``: cancelled jobs may never answer, so a waiting reader is told."""

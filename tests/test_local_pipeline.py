@@ -19,7 +19,7 @@ import torch
 from helion_remote.argcodec import upload_args
 from helion_remote.backends.local import LocalExecutor
 from helion_remote.backends.local.pipeline import Pipeline
-from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, SessionSpec, Tolerances
+from helion_remote.protocol import BenchmarkJob, JobResult, KernelSource, SessionSpec, Tolerances, WorkerInfo
 from helion_remote.worker.runtime import CompileOutcome
 
 pytestmark = pytest.mark.filterwarnings("ignore:helion_remote local backend")
@@ -41,6 +41,9 @@ class StandInWorker:
 
     def start(self) -> None:
         pass
+
+    def info_if_started(self) -> WorkerInfo:
+        return WorkerInfo(self.worker_id, "")
 
     def ensure_session(self, spec: SessionSpec, baseline: bool) -> None:
         if self.fail_open:
@@ -155,5 +158,28 @@ def test_retiming_moves_off_a_gpu_that_could_not_open_the_session(tmp_path: Path
     try:
         session = ex.open_session(spec_for(ex))
         assert session._retime_worker.worker_id == "gpu1"
+    finally:
+        ex.close()
+
+
+class _BrokenHandle(StandInWorker):
+    """A handle whose own code fails (not the worker's): say a request that cannot be pickled."""
+
+    def run_job(self, spec: SessionSpec, job: BenchmarkJob, compile_time_s: float | None) -> JobResult:
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+
+def test_a_handle_that_raises_answers_the_job_as_infra_and_keeps_serving(tmp_path: Path, spec_for) -> None:  # type: ignore[no-untyped-def]
+    """Before: the device thread died with the exception and the job's reader waited forever."""
+    ex = _executor(tmp_path, [_BrokenHandle("gpu0")], [])
+    try:
+        session = ex.open_session(spec_for(ex))
+        got: list[JobResult] = []
+        reader = threading.Thread(target=lambda: got.extend(session.submit(_jobs(session.spec, "b", 3))), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "a job went unanswered after its handle raised"
+        assert [r.status for r in got] == ["infra_error"] * 3
+        assert all(r.error_class == "TypeError" and "pickle" in (r.error_message or "") for r in got)
     finally:
         ex.close()

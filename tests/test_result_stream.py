@@ -48,3 +48,19 @@ def test_a_closed_executor_answers_the_missing_jobs_as_infra_errors() -> None:
     assert [r.job_id for r in got] == ["b", "a", "c"]
     assert [r.status for r in got] == ["ok", "infra_error", "infra_error"]
     assert got[1].error_class == "ExecutorClosed"
+
+
+def test_close_from_another_thread_releases_a_waiting_reader() -> None:
+    """Cancelled jobs may never answer: a reader blocked in next() must leave when the stream is closed."""
+    import threading
+
+    stream, _, cancelled = _stream(["a", "b"], gone=False)
+    got: list[JobResult] = []
+    reader = threading.Thread(target=lambda: got.extend(stream), daemon=True)
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()  # waiting for results
+    stream.close()
+    reader.join(2)
+    assert not reader.is_alive(), "the reader still waits for cancelled jobs"
+    assert got == [] and cancelled == [1]

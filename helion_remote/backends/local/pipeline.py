@@ -130,7 +130,11 @@ class Pipeline:
                 self.admitted += 1
                 task.admitted = True
             task.compile_started_at = time.monotonic()
-            outcome = handle.compile(task.spec, task.job)
+            try:
+                outcome = handle.compile(task.spec, task.job)
+            except Exception as error:  # noqa: BLE001 - the handle's own bug must not strand the job
+                self._finish(task, JobResult.failed(task.job, "infra_error", error, worker=handle.info_if_started()))
+                continue
             # A compile timeout, or an expected Triton compile failure (not "raise"
             # class), is final.  Anything else is confirmed by the device worker.
             final = outcome.status == "timeout" or (outcome.status == "error" and not outcome.fatal)
@@ -160,7 +164,10 @@ class Pipeline:
                 if self.closed:
                     return
             run_started = time.monotonic()
-            result = handle.run_job(task.spec, task.job, task.compile_time_s)
+            try:
+                result = handle.run_job(task.spec, task.job, task.compile_time_s)
+            except Exception as error:  # noqa: BLE001 - a thread that dies here would leave the job unanswered
+                result = JobResult.failed(task.job, "infra_error", error, worker=handle.info_if_started())
             self._finish(task, result.with_stages(**task.stages(run_started)))
 
     def _take_for(self, handle: WorkerHandle) -> Task | None:
