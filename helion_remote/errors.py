@@ -12,8 +12,8 @@ keep working::
     ├── BackendUnavailableError (RuntimeError)  a backend cannot start: extra, credentials, devices, versions
     ├── ExecutorClosedError (RuntimeError)   an executor or session used after close()
     ├── SessionOpenError (RuntimeError)      a search's session could not be opened (arguments, reference kernel)
-    ├── SearchError (RuntimeError)           a search had to stop: a fatal kernel, workers that keep failing,
-    │                                        a target that drifted
+    ├── SearchError (RuntimeError)           a search had to stop: RemoteFatalKernelError (a fatal kernel),
+    │                                        InfraRetriesExhausted (no worker runs anything), a drifted target
     ├── WorkerError (RuntimeError)           a worker process or container stopped answering properly
     ├── BlobStoreError (RuntimeError)        a blob is missing or its bytes are not what their digest says
     └── CompatError (ImportError)            the installed Helion lacks a private name this version relies on
@@ -36,6 +36,8 @@ __all__ = [
     "ConfigurationError",
     "ExecutorClosedError",
     "HelionRemoteError",
+    "InfraRetriesExhausted",
+    "RemoteFatalKernelError",
     "RemoteTraceback",
     "SearchError",
     "SessionOpenError",
@@ -68,6 +70,14 @@ class SessionOpenError(HelionRemoteError, RuntimeError):
 
 class SearchError(HelionRemoteError, RuntimeError):
     """A search had to stop before it finished."""
+
+
+class InfraRetriesExhausted(SearchError):
+    """Every job of the run failed on infrastructure, every attempt: no worker can run anything."""
+
+
+class RemoteFatalKernelError(SearchError):
+    """A worker classified a failure as fatal for the search (Helion's ``raise``)."""
 
 
 class WorkerError(HelionRemoteError, RuntimeError):

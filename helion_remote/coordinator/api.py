@@ -119,7 +119,7 @@ def resolve_target(target: Any, executor: RemoteBenchmarkExecutor, args: Sequenc
         data = executor.target_profile()
         if data is None:
             if target == "auto":
-                raise ValueError(
+                raise ConfigurationError(
                     f"target='auto' needs GPU workers to describe, but backend "
                     f"{_backend_name(executor)!r} has none; pass a profile name (e.g. target='h100') or target=None"
                 )
@@ -229,14 +229,14 @@ class _Found:
 
 def _validate_options(effort: str | None, codegen_workers: int | None, max_infra_retries: object) -> None:
     if effort is not None and effort not in _EFFORTS:
-        raise ValueError(f"unknown effort {effort!r}; valid efforts: {', '.join(_EFFORTS)}")
+        raise ConfigurationError(f"unknown effort {effort!r}; valid efforts: {', '.join(_EFFORTS)}")
     if type(max_infra_retries) is not int or max_infra_retries < 0:
         raise ConfigurationError(
             f"max_infra_retries must be an int >= 0 (how often one job is retried on another worker "
             f"after an infra_error; 0: never), got {max_infra_retries!r}"
         )
     if codegen_workers is not None and (not isinstance(codegen_workers, int) or codegen_workers < 0):
-        raise ValueError(f"codegen_workers must be an int >= 0 or None (the backend's suggestion), got {codegen_workers!r}")
+        raise ConfigurationError(f"codegen_workers must be an int >= 0 or None (the backend's suggestion), got {codegen_workers!r}")
 
 
 def _pick_executor(backend: str | RemoteBenchmarkExecutor | None) -> RemoteBenchmarkExecutor:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TypeVar
 
-from helion_remote.errors import SearchError, with_remote_cause
+from helion_remote.errors import InfraRetriesExhausted, with_remote_cause
 from helion_remote.executor import RemoteSession
 from helion_remote.protocol import BenchmarkJob, JobResult
 from helion_remote.result_stream import ResultStream
@@ -42,10 +42,6 @@ T = TypeVar("T")
 
 BUDGET_POLL_S = 0.1
 """How often a wait for results looks at the budget: a spent budget is obeyed within this."""
-
-
-class InfraRetriesExhausted(SearchError):
-    """Every job of the run failed on infrastructure, every attempt: no worker can run anything."""
 
 
 def growing_chunks(items: Iterable[T], first: int = 2, largest: int = 32) -> Iterator[list[T]]:

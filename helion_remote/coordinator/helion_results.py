@@ -13,17 +13,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from helion_remote.coordinator import _helion_compat as compat
-from helion_remote.errors import SearchError, with_remote_cause
+from helion_remote.errors import RemoteFatalKernelError, with_remote_cause
 from helion_remote.protocol import JobResult, KernelSource, usable_ms
 
 if TYPE_CHECKING:
     from helion_remote.coordinator.seam import RemoteBenchmarkProvider
 
 _STATUS_TO_HELION = {"ok": "ok", "error": "error", "timeout": "timeout", "accuracy_error": "accuracy_error"}
-
-
-class RemoteFatalKernelError(SearchError):
-    """A worker classified a failure as fatal for the search (Helion's ``raise``)."""
 
 
 class RemoteKernel:

@@ -21,6 +21,7 @@ from helion_remote.coordinator.helion_results import RemoteKernel
 from helion_remote.coordinator.retiming import retime_isolated
 from helion_remote.coordinator.run_context import RemoteContext
 from helion_remote.coordinator.session_opener import OpenedSession, open_session
+from helion_remote.errors import ConfigurationError
 
 
 class RemoteBenchmarkProvider(compat.LocalBenchmarkProvider):
@@ -154,7 +155,7 @@ def _reject_local_only_settings(settings: Any) -> None:
         ("autotune_baseline_accuracy_check_fn", "accuracy is checked on the worker"),
     ):
         if getattr(settings, name, None) is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"helion_remote does not support the {name} setting ({why}); remove it, "
                 "or tune locally with stock Helion"
             )

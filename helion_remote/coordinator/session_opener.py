@@ -16,6 +16,7 @@ from typing import Any
 from helion_remote.coordinator import _helion_compat as compat
 from helion_remote.coordinator.codegen import kernel_source
 from helion_remote.coordinator.run_context import RemoteContext, TargetCheck
+from helion_remote.errors import SessionOpenError
 from helion_remote.executor import RemoteSession
 from helion_remote.protocol import JobResult, SessionSpec, Tolerances
 
@@ -86,7 +87,7 @@ def check_drift(target: TargetCheck, session: RemoteSession, backend_name: str, 
         )
         return
     if "error" in worker_report:
-        raise RuntimeError(
+        raise SessionOpenError(
             f"the worker could not bind the kernel on the real arguments to check the target "
             f"({worker_report['error']}); the search was not started"
         )

@@ -102,6 +102,7 @@ class ModalSession(RemoteSession):
 
     def _wait(self, job: BenchmarkJob, call: Any, deadline: float, results: queue.SimpleQueue[JobResult]) -> None:
         ex = self._executor
+        result = JobResult.failed(job, "infra_error", "the wait for this job's reply failed", error_class="WaitFailed")
         try:
             reply = self._reply_within_budget(call, deadline)
             if reply is None:
