@@ -234,7 +234,7 @@ class LocalExecutor(RemoteBenchmarkExecutor):
         if not self._compilers:
             return 0
         try:
-            from helion_remote.argcodec import load_manifest
+            from helion_remote.args_manifest import load_manifest
 
             doc = load_manifest(self._blob_store.get(spec.args_digest))
             args_bytes = sum(int(ref["nbytes"]) for ref in doc["storages"])
