@@ -58,6 +58,7 @@ from helion_remote.protocol import (
     RetimeResult,
     RetimeTiming,
     SessionSpec,
+    Status,
     WorkerInfo,
     config_key,
 )
@@ -110,6 +111,21 @@ class FaultRule:
         if self.attempts is not None:
             return tuple(self.attempts)
         return (0,) if self.kind in INFRA_FAULTS else None
+
+
+_INJECTED: dict[str, tuple[Status, str, str, bool, bool]] = {
+    # kind: (status, error class, message, reports a compile time, replaces the worker)
+    "worker_crash": ("infra_error", "worker_crash", "fake worker process died", False, True),
+    "transport_error": ("infra_error", "transport_error", "fake transport dropped the reply", False, False),
+    "compile_error": ("error", "CompilationError", "injected compile error", True, False),
+    "runtime_error": ("error", "RuntimeError", "injected runtime error", True, False),
+    "sticky_error": ("error", "RuntimeError",
+                     "CUDA error: an illegal memory access was encountered (injected; worker replaced)", True, True),
+    "timeout": ("timeout", "Timeout", "injected hang, cut off after {run_timeout_s}s", False, True),
+    "accuracy_error": ("accuracy_error", "AssertionError",
+                       "injected accuracy failure: output differs from the baseline", True, False),
+}
+"""What each injected fault answers, built by ``JobResult.failed`` like every real failure."""
 
 
 def _unit(*parts: object) -> float:
@@ -244,9 +260,8 @@ class FakeExecutor(RemoteBenchmarkExecutor):
                 return
             # A cost model or predicate that raised: the fake's own trouble, not the kernel's.
             text = "".join(traceback.format_exception(error))
-            results.put(JobResult(job.job_id, "infra_error", error_class=type(error).__name__,
-                                  error_message=f"the fake executor failed running this job:\n{text}",
-                                  kernel_digest=job.kernel.digest, finished_at=time.time()))
+            results.put(JobResult.failed(job, "infra_error", f"the fake executor failed running this job:\n{text}",
+                                         error_class=type(error).__name__))
 
         future.add_done_callback(deliver)
         return future
@@ -315,31 +330,16 @@ class FakeExecutor(RemoteBenchmarkExecutor):
         )
         kind = fault.kind if fault else None
         compiled_s = self.compile_cost_model(job.config) if self.compile_cost_model is not None else 0.01
-        if kind in ("worker_crash", "transport_error"):
-            if kind == "worker_crash":
+        injected = _INJECTED.get(kind)  # type: ignore[arg-type]
+        if injected is not None:
+            status, error_class, message, compiled, replaces_worker = injected
+            if replaces_worker:
                 self._replace_worker(worker)
-            message = "fake worker process died" if kind == "worker_crash" else "fake transport dropped the reply"
-            return JobResult(status="infra_error", error_class=kind, error_message=message, finished_at=time.time(), **common)
-        if kind == "compile_error":
-            return JobResult(status="error", compile_time_s=compiled_s, error_class="CompilationError",
-                             error_message="injected compile error", finished_at=time.time(), **common)
-        if kind == "runtime_error":
-            return JobResult(status="error", compile_time_s=compiled_s, error_class="RuntimeError",
-                             error_message="injected runtime error", finished_at=time.time(), **common)
-        if kind == "sticky_error":
-            self._replace_worker(worker)
-            return JobResult(status="error", compile_time_s=compiled_s, error_class="RuntimeError",
-                             error_message="CUDA error: an illegal memory access was encountered (injected; worker replaced)",
-                             finished_at=time.time(), **common)
-        if kind == "timeout":
-            self._replace_worker(worker)
-            return JobResult(status="timeout", compile_time_s=None, error_class="Timeout",
-                             error_message=f"injected hang, cut off after {job.run_timeout_s}s",
-                             finished_at=time.time(), **common)
-        if kind == "accuracy_error":
-            return JobResult(status="accuracy_error", compile_time_s=compiled_s, error_class="AssertionError",
-                             error_message="injected accuracy failure: output differs from the baseline",
-                             finished_at=time.time(), **common)
+            return JobResult.failed(
+                job, status, message.format(run_timeout_s=job.run_timeout_s), error_class=error_class,
+                worker=WorkerInfo(worker_id, self.device_name, f"FAKE-{worker.slot}"), started_at=started,
+                compile_time_s=compiled_s if compiled else None,
+            )
         perf = self._perf(job.config, ("job", job.attempt), self.noise) * self.worker_speeds[worker.slot]
         with self._lock:
             self._measured[job.kernel.digest] = job.config
